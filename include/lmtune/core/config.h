@@ -1,0 +1,245 @@
+// The training config: nested structs with their defaults, loaded from JSON or YAML with --set overrides.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "lmtune/core/schema.h"
+
+namespace lmtune {
+
+enum class Device { kAuto, kCpu, kCuda };
+template <>
+struct EnumNames<Device> {
+  static constexpr EnumTable<Device, 3> kTable{
+      {{Device::kAuto, "auto"}, {Device::kCpu, "cpu"}, {Device::kCuda, "cuda"}}};
+};
+
+enum class ModelInit { kPretrained, kRandom };
+template <>
+struct EnumNames<ModelInit> {
+  static constexpr EnumTable<ModelInit, 2> kTable{
+      {{ModelInit::kPretrained, "pretrained"}, {ModelInit::kRandom, "random"}}};
+};
+
+enum class Precision { kFp32, kBf16, kFp16 };
+template <>
+struct EnumNames<Precision> {
+  static constexpr EnumTable<Precision, 3> kTable{
+      {{Precision::kFp32, "fp32"}, {Precision::kBf16, "bf16"}, {Precision::kFp16, "fp16"}}};
+};
+
+enum class Schedule { kConstant, kLinear, kCosine };
+template <>
+struct EnumNames<Schedule> {
+  static constexpr EnumTable<Schedule, 3> kTable{{{Schedule::kConstant, "constant"},
+                                                  {Schedule::kLinear, "linear"},
+                                                  {Schedule::kCosine, "cosine"}}};
+};
+
+struct RunConfig {
+  std::string output_dir;  // run directory; empty = runs/<config file name without extension>
+  int64_t seed = 1234;     // seeds weight init, dropout and the data order
+  int64_t threads = 0;     // LibTorch intra-op threads; 0 = every core
+  Device device = Device::kAuto;
+
+  template <class V>
+  void visit(V& v) {
+    v(output_dir, Field("output_dir", "Run directory: config.json, metrics.jsonl, train.log, "
+                                      "checkpoints/ and final/. Empty means "
+                                      "runs/<config name> in the working directory.")
+                      .path());
+    v(seed, Field("seed", "Seed for weight initialisation, dropout and the data order.").min(0));
+    v(threads, Field("threads", "LibTorch intra-op threads; 0 uses every core.").min(0).max(1024));
+    v(device, Field("device", "Where to train: auto picks CUDA when a GPU is visible."));
+  }
+};
+
+struct ModelConfig {
+  std::string path;  // Hugging Face model directory: config.json, model.safetensors, tokenizer
+  ModelInit init = ModelInit::kPretrained;
+  bool gradient_checkpointing = false;  // recompute each block in backward instead of storing it
+  // Shape of a model trained from scratch (init: random); GPT-2 124M by default.
+  int64_t n_layer = 12;
+  int64_t n_head = 12;
+  int64_t n_embd = 768;
+  int64_t n_positions = 1024;
+  int64_t vocab_size = 50257;
+
+  template <class V>
+  void visit(V& v) {
+    v(path, Field("path", "Hugging Face model directory (config.json, model.safetensors and "
+                          "tokenizer files). With init: random, only its tokenizer is used.")
+                .path());
+    v(init, Field("init", "pretrained loads the weights in path; random trains from scratch "
+                          "with the shape below."));
+    v(gradient_checkpointing,
+      Field("gradient_checkpointing",
+            "Recompute each transformer block in backward instead of storing its activations."));
+    v(n_layer, Field("n_layer", "Transformer blocks (init: random).").min(1));
+    v(n_head, Field("n_head", "Attention heads per block (init: random).").min(1));
+    v(n_embd, Field("n_embd", "Width of the residual stream (init: random).").min(1));
+    v(n_positions, Field("n_positions", "Longest sequence the model accepts (init: random).").min(1));
+    v(vocab_size, Field("vocab_size", "Vocabulary size (init: random).").min(1));
+  }
+};
+
+struct DataConfig {
+  std::string train;             // training text: .txt or .jsonl
+  std::string validation;        // validation text; empty = split off validation_split of train
+  double validation_split = 0;   // fraction of the training documents held out for validation
+  int64_t seq_len = 256;         // tokens per training window
+
+  template <class V>
+  void visit(V& v) {
+    v(train, Field("train", "Training data file (.txt or .jsonl). Required.").path());
+    v(validation, Field("validation", "Validation data file; empty means none, or a split of "
+                                      "train when validation_split is set.")
+                      .path());
+    v(validation_split,
+      Field("validation_split", "Fraction of the training documents held out for validation.")
+          .min(0)
+          .max(0.5));
+    v(seq_len, Field("seq_len", "Tokens per training sequence; at most the model's n_positions.")
+                   .min(2));
+  }
+};
+
+struct TrainConfig {
+  int64_t max_steps = 1000;        // optimizer steps
+  int64_t micro_batch_size = 8;    // sequences per forward/backward pass
+  int64_t grad_accum_steps = 1;    // micro-batches per optimizer step
+  Precision precision = Precision::kBf16;
+  double lr = 3.0e-4;              // peak learning rate, reached after warmup
+  double min_lr = 0.0;             // floor of the schedule
+  double weight_decay = 0.1;       // AdamW decoupled decay; never applied to biases or LayerNorm
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1.0e-8;
+  Schedule schedule = Schedule::kCosine;
+  int64_t warmup_steps = 0;        // linear warmup from 0 to lr
+  double max_grad_norm = 1.0;      // clip the global gradient norm; 0 disables clipping
+
+  template <class V>
+  void visit(V& v) {
+    v(max_steps, Field("max_steps", "Optimizer steps to train.").min(1));
+    v(micro_batch_size,
+      Field("micro_batch_size", "Sequences per forward/backward pass.").min(1));
+    v(grad_accum_steps,
+      Field("grad_accum_steps", "Micro-batches accumulated into one optimizer step.").min(1));
+    v(precision, Field("precision", "Compute precision: fp32, bf16 autocast, or fp16 autocast "
+                                    "with loss scaling (CUDA only)."));
+    v(lr, Field("lr", "Peak learning rate, reached at the end of warmup.").above(0));
+    v(min_lr, Field("min_lr", "Learning-rate floor of the schedule.").min(0));
+    v(weight_decay, Field("weight_decay", "AdamW decoupled weight decay (not applied to biases "
+                                          "and LayerNorm weights).")
+                        .min(0));
+    v(beta1, Field("beta1", "AdamW first-moment decay.").min(0).max(1));
+    v(beta2, Field("beta2", "AdamW second-moment decay.").min(0).max(1));
+    v(eps, Field("eps", "AdamW denominator epsilon.").above(0));
+    v(schedule, Field("schedule", "Learning-rate schedule after warmup."));
+    v(warmup_steps, Field("warmup_steps", "Steps of linear warmup from 0 to lr.").min(0));
+    v(max_grad_norm,
+      Field("max_grad_norm", "Clip the global gradient norm to this; 0 disables clipping.").min(0));
+  }
+};
+
+struct EvalConfig {
+  int64_t every_steps = 100;  // 0 = only at the end
+  int64_t max_batches = 0;    // 0 = the whole validation set
+
+  template <class V>
+  void visit(V& v) {
+    v(every_steps, Field("every_steps", "Evaluate every N optimizer steps; 0 evaluates only at "
+                                        "the end.")
+                       .min(0));
+    v(max_batches,
+      Field("max_batches", "Validation batches per evaluation; 0 uses the whole set.").min(0));
+  }
+};
+
+struct CheckpointConfig {
+  int64_t every_steps = 100;  // 0 = only at the end and on a signal
+  int64_t keep_last = 3;      // newest checkpoints kept, besides the best one
+
+  template <class V>
+  void visit(V& v) {
+    v(every_steps, Field("every_steps", "Save a checkpoint every N optimizer steps; 0 saves only "
+                                        "at the end and on SIGINT/SIGTERM.")
+                       .min(0));
+    v(keep_last, Field("keep_last", "Newest checkpoints kept, besides the best by validation "
+                                    "loss.")
+                     .min(1));
+  }
+};
+
+struct LoggingConfig {
+  int64_t every_steps = 10;
+
+  template <class V>
+  void visit(V& v) {
+    v(every_steps, Field("every_steps", "Log a progress line and a metrics.jsonl record every N "
+                                        "optimizer steps.")
+                       .min(1));
+  }
+};
+
+// The whole config. Sections and keys are listed once, in the visit() functions above.
+struct Config {
+  RunConfig run;
+  ModelConfig model;
+  DataConfig data;
+  TrainConfig train;
+  EvalConfig eval;
+  CheckpointConfig checkpoint;
+  LoggingConfig logging;
+
+  template <class V>
+  void visit(V& v) {
+    v.section("run", run);
+    v.section("model", model);
+    v.section("data", data);
+    v.section("train", train);
+    v.section("eval", eval);
+    v.section("checkpoint", checkpoint);
+    v.section("logging", logging);
+  }
+};
+
+// One key of the schema, for documentation and for typing --set values.
+struct KeyInfo {
+  std::string path;           // dotted, e.g. "train.lr"
+  std::string type;           // integer, number, boolean, string, path, or "a|b|c" for an enum
+  nlohmann::json default_value;
+  std::string help;
+};
+
+// Every key of the schema in declaration order.
+std::vector<KeyInfo> config_keys();
+
+// One `--set key.path=value` override.
+struct Override {
+  std::string key;
+  std::string value;
+};
+
+// Parses "a.b=c"; throws UsageError when there is no '=' or no key.
+Override parse_override(const std::string& text);
+
+// Reads a .json, .yaml or .yml file into a JSON tree. Throws ConfigError naming the file, line and
+// column of a syntax error, InputError when the file cannot be read.
+nlohmann::json read_config_tree(const std::filesystem::path& file);
+
+// Loads, overrides and validates a config. Relative paths in the file are resolved against the
+// file's directory, relative paths given with --set against the working directory. Throws a
+// ConfigError listing every problem found.
+Config load_config(const std::filesystem::path& file, const std::vector<Override>& overrides = {});
+
+// The resolved config with every default filled in.
+nlohmann::json config_to_json(const Config& config);
+
+}  // namespace lmtune

@@ -1,0 +1,10 @@
+// The subcommands of `lmtune`: each registers its options and callback on the application.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace lmtune::cli {
+
+void add_config_command(CLI::App& app);
+
+}  // namespace lmtune::cli

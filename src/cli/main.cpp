@@ -1,0 +1,49 @@
+// Entry point of `lmtune`: parses the command line and maps lmtune's errors to exit codes.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "commands.h"
+#include "lmtune/core/errors.h"
+#include "lmtune/core/runtime.h"
+#include "lmtune/core/version.h"
+
+namespace {
+
+// Logs each line of an error message as its own error line.
+void log_error(const std::string& message) {
+  std::size_t start = 0;
+  while (start <= message.size()) {
+    std::size_t end = message.find('\n', start);
+    spdlog::error(message.substr(start, end - start));
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace lmtune;
+  init_logging(/*verbose=*/false);
+
+  CLI::App app{"lmtune: fine-tune GPT-2-style language models on one GPU"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", [] { return version_report(); });
+  app.add_flag_callback("-v,--verbose", [] { spdlog::set_level(spdlog::level::debug); },
+                        "Log debug messages");
+  cli::add_config_command(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? kExitOk : kExitUsage;
+  } catch (const Error& e) {
+    log_error(e.what());
+    return e.exit_code();
+  } catch (const std::exception& e) {
+    log_error(std::string("unexpected failure: ") + e.what());
+    return kExitRuntime;
+  }
+  return kExitOk;
+}

@@ -1,0 +1,521 @@
+#include "lmtune/core/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <yaml-cpp/yaml.h>
+
+#include "lmtune/core/errors.h"
+
+namespace lmtune {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Problems: every error found while loading, each prefixed with where its value came from.
+
+class Problems {
+ public:
+  explicit Problems(std::string file) : file_(std::move(file)) {}
+
+  void set_origin(const std::string& key, std::string origin) { origins_[key] = std::move(origin); }
+  void add(const std::string& key, const std::string& message) {
+    auto origin = origins_.find(key);
+    messages_.push_back((origin == origins_.end() ? file_ : origin->second) + ": " + key + ": " +
+                        message);
+    bad_keys_.insert(key);
+  }
+  bool ok(const std::string& key) const { return bad_keys_.count(key) == 0; }
+  void throw_if_any() {
+    if (!messages_.empty()) throw ConfigError(std::move(messages_));
+  }
+
+ private:
+  std::string file_;
+  std::map<std::string, std::string> origins_;
+  std::vector<std::string> messages_;
+  std::set<std::string> bad_keys_;
+};
+
+std::string describe(const json& value) {
+  switch (value.type()) {
+    case json::value_t::null: return "null";
+    case json::value_t::boolean: return std::string("boolean ") + (value.get<bool>() ? "true" : "false");
+    case json::value_t::string: return "string " + value.dump();
+    case json::value_t::array: return "a list";
+    case json::value_t::object: return "a mapping";
+    default: return "number " + value.dump();
+  }
+}
+
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      std::size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1] ? 1u : 0u)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// The closest of `candidates` to `name`, if it is close enough to be a plausible typo or a
+// spelled-out abbreviation ("evaluation" for "eval").
+std::optional<std::string> closest(const std::string& name, const std::vector<std::string>& candidates) {
+  for (const auto& candidate : candidates)
+    if (candidate.size() >= 3 && name.rfind(candidate, 0) == 0) return candidate;
+  std::optional<std::string> best;
+  std::size_t best_distance = std::max<std::size_t>(2, name.size() / 3) + 1;
+  for (const auto& candidate : candidates) {
+    std::size_t d = edit_distance(name, candidate);
+    if (d < best_distance) best = candidate, best_distance = d;
+  }
+  return best;
+}
+
+std::string unknown_key_message(const std::string& key, const std::vector<std::string>& siblings) {
+  std::string message = "unknown key";
+  auto leaf = key.substr(key.rfind('.') + 1);
+  if (auto guess = closest(leaf, siblings)) {
+    message += "; did you mean '" + *guess + "'?";
+    return message;
+  }
+  for (const auto& info : config_keys()) {
+    if (info.path.substr(info.path.rfind('.') + 1) == leaf)
+      return message + "; did you mean '" + info.path + "'?";
+  }
+  return message;
+}
+
+// The spellings of an enum's values joined by `separator`, e.g. "fp32, bf16, fp16".
+template <class E>
+std::string enum_spellings(const char* separator) {
+  std::ostringstream out;
+  for (std::size_t i = 0; i < EnumNames<E>::kTable.size(); ++i)
+    out << (i ? separator : "") << EnumNames<E>::kTable[i].second;
+  return out.str();
+}
+
+std::string format_number(double value) {
+  std::ostringstream out;
+  out << value;
+  return out.str();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Visitors over the schema.
+
+// Reads one section of the tree into its struct, checking type and range of each key.
+class SectionReader {
+ public:
+  SectionReader(std::string section, const json& node, Problems& problems)
+      : section_(std::move(section)), node_(node), problems_(problems) {}
+
+  template <class T>
+  void operator()(T& value, const Field& field) {
+    names_.push_back(field.name());
+    auto it = node_.find(field.name());
+    if (it == node_.end()) return;
+    std::string key = section_ + "." + field.name();
+    if (auto error = read(*it, value, field)) problems_.add(key, *error);
+  }
+
+  void report_unknown_keys() {
+    for (const auto& [name, value] : node_.items()) {
+      if (std::find(names_.begin(), names_.end(), name) == names_.end()) {
+        std::string key = section_ + "." + name;
+        problems_.add(key, unknown_key_message(key, names_));
+      }
+    }
+  }
+
+ private:
+  static std::optional<std::string> check_range(double v, const Field& field) {
+    if (auto lo = field.min_value()) {
+      if (field.min_exclusive() ? !(v > *lo) : !(v >= *lo))
+        return "must be " + std::string(field.min_exclusive() ? "> " : ">= ") + format_number(*lo) +
+               ", got " + format_number(v);
+    }
+    if (auto hi = field.max_value(); hi && !(v <= *hi))
+      return "must be <= " + format_number(*hi) + ", got " + format_number(v);
+    return std::nullopt;
+  }
+
+  static std::optional<std::string> read(const json& node, int64_t& value, const Field& field) {
+    if (node.is_number_integer()) {
+      value = node.get<int64_t>();
+    } else if (node.is_number_float() && std::isfinite(node.get<double>()) &&
+               node.get<double>() == std::floor(node.get<double>()) &&
+               std::fabs(node.get<double>()) < 9.0e15) {
+      value = static_cast<int64_t>(node.get<double>());
+    } else {
+      return "expected an integer, got " + describe(node);
+    }
+    return check_range(static_cast<double>(value), field);
+  }
+
+  static std::optional<std::string> read(const json& node, double& value, const Field& field) {
+    if (!node.is_number()) return "expected a number, got " + describe(node);
+    value = node.get<double>();
+    if (!std::isfinite(value)) return "expected a finite number, got " + format_number(value);
+    return check_range(value, field);
+  }
+
+  static std::optional<std::string> read(const json& node, bool& value, const Field&) {
+    if (!node.is_boolean()) return "expected true or false, got " + describe(node);
+    value = node.get<bool>();
+    return std::nullopt;
+  }
+
+  static std::optional<std::string> read(const json& node, std::string& value, const Field&) {
+    if (!node.is_string()) return "expected a string, got " + describe(node);
+    value = node.get<std::string>();
+    return std::nullopt;
+  }
+
+  template <class E, class = std::enable_if_t<IsConfigEnum<E>::value>>
+  static std::optional<std::string> read(const json& node, E& value, const Field&) {
+    std::string allowed = enum_spellings<E>(", ");
+    if (!node.is_string()) return "expected one of " + allowed + ", got " + describe(node);
+    auto parsed = enum_from_name<E>(node.get<std::string>());
+    if (!parsed) return "expected one of " + allowed + ", got " + node.dump();
+    value = *parsed;
+    return std::nullopt;
+  }
+
+  std::string section_;
+  const json& node_;
+  Problems& problems_;
+  std::vector<std::string> names_;
+};
+
+class TreeReader {
+ public:
+  TreeReader(const json& tree, Problems& problems) : tree_(tree), problems_(problems) {}
+
+  template <class S>
+  void section(const char* name, S& value) {
+    sections_.push_back(name);
+    auto it = tree_.find(name);
+    if (it == tree_.end() || it->is_null()) return;
+    if (!it->is_object()) {
+      problems_.add(name, "expected a mapping of keys, got " + describe(*it));
+      return;
+    }
+    SectionReader reader(name, *it, problems_);
+    value.visit(reader);
+    reader.report_unknown_keys();
+  }
+
+  void report_unknown_sections() {
+    for (const auto& [name, value] : tree_.items()) {
+      if (std::find(sections_.begin(), sections_.end(), name) != sections_.end()) continue;
+      std::string message = "unknown section";
+      if (auto guess = closest(name, sections_)) message += "; did you mean '" + *guess + "'?";
+      problems_.add(name, message);
+    }
+  }
+
+ private:
+  const json& tree_;
+  Problems& problems_;
+  std::vector<std::string> sections_;
+};
+
+template <class T>
+json to_json_value(const T& value) {
+  if constexpr (IsConfigEnum<T>::value) {
+    return std::string(enum_name(value));
+  } else {
+    return value;
+  }
+}
+
+class TreeWriter {
+ public:
+  template <class S>
+  void section(const char* name, S& value) {
+    current_ = &tree[name];
+    *current_ = json::object();
+    value.visit(*this);
+  }
+  template <class T>
+  void operator()(T& value, const Field& field) {
+    (*current_)[field.name()] = to_json_value(value);
+  }
+
+  json tree = json::object();
+
+ private:
+  json* current_ = nullptr;
+};
+
+template <class T>
+std::string type_name(const Field& field) {
+  if constexpr (std::is_same_v<T, int64_t>) {
+    return "integer";
+  } else if constexpr (std::is_same_v<T, double>) {
+    return "number";
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return "boolean";
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return field.is_path() ? "path" : "string";
+  } else {
+    return enum_spellings<T>("|");
+  }
+}
+
+class KeyLister {
+ public:
+  template <class S>
+  void section(const char* name, S& value) {
+    prefix_ = std::string(name) + ".";
+    value.visit(*this);
+  }
+  template <class T>
+  void operator()(T& value, const Field& field) {
+    keys.push_back({prefix_ + field.name(), type_name<T>(field), to_json_value(value), field.help()});
+  }
+
+  std::vector<KeyInfo> keys;
+
+ private:
+  std::string prefix_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Parsing files and values.
+
+// A plain YAML scalar typed by the YAML 1.2 core schema: null, boolean, integer, float or string.
+json infer_scalar(const std::string& text) {
+  if (text.empty() || text == "~" || text == "null" || text == "Null" || text == "NULL") return nullptr;
+  if (text == "true" || text == "True" || text == "TRUE") return true;
+  if (text == "false" || text == "False" || text == "FALSE") return false;
+  static const std::map<std::string, double> kSpecial = {
+      {".inf", INFINITY}, {"+.inf", INFINITY}, {"-.inf", -INFINITY}, {".nan", NAN},
+      {".Inf", INFINITY}, {"+.Inf", INFINITY}, {"-.Inf", -INFINITY}, {".NaN", NAN}};
+  if (auto it = kSpecial.find(text); it != kSpecial.end()) return it->second;
+  bool numeric = text.find_first_not_of("0123456789+-.eE") == std::string::npos &&
+                 text.find_first_of("0123456789") != std::string::npos;
+  if (numeric) {
+    const char* begin = text.c_str();
+    char* end = nullptr;
+    errno = 0;
+    long long integer = std::strtoll(begin, &end, 10);
+    if (*end == '\0' && errno == 0) return static_cast<int64_t>(integer);
+    double real = std::strtod(begin, &end);
+    if (*end == '\0') return real;
+  }
+  return text;
+}
+
+json yaml_to_json(const YAML::Node& node, const std::string& file) {
+  switch (node.Type()) {
+    case YAML::NodeType::Map: {
+      json object = json::object();
+      for (const auto& entry : node) {
+        object[entry.first.as<std::string>()] = yaml_to_json(entry.second, file);
+      }
+      return object;
+    }
+    case YAML::NodeType::Sequence: {
+      json array = json::array();
+      for (const auto& item : node) array.push_back(yaml_to_json(item, file));
+      return array;
+    }
+    case YAML::NodeType::Scalar:
+      // Quoted scalars carry the tag "!" and stay strings; plain ones are typed.
+      return node.Tag() == "!" ? json(node.Scalar()) : infer_scalar(node.Scalar());
+    default:
+      return nullptr;
+  }
+}
+
+std::string read_text(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw ConfigError({file.string() + ": cannot read the config file (does it exist?)"});
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string location(const fs::path& file, std::size_t line, std::size_t column) {
+  return file.string() + ":" + std::to_string(line) + ":" + std::to_string(column);
+}
+
+json parse_json(const std::string& text, const fs::path& file) {
+  try {
+    return json::parse(text);
+  } catch (const json::parse_error& e) {
+    // e.byte is the 1-based offset of the character that failed.
+    std::size_t offset = std::min<std::size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
+    std::size_t line = 1 + std::count(text.begin(), text.begin() + offset, '\n');
+    std::size_t line_start = text.rfind('\n', offset == 0 ? 0 : offset - 1);
+    std::size_t column = line_start == std::string::npos || offset == 0 ? offset + 1 : offset - line_start;
+    std::string message = e.what();
+    if (auto pos = message.find("syntax error"); pos != std::string::npos) message = message.substr(pos);
+    throw ConfigError({location(file, line, column) + ": JSON " + message});
+  }
+}
+
+json parse_yaml(const std::string& text, const fs::path& file) {
+  try {
+    return yaml_to_json(YAML::Load(text), file.string());
+  } catch (const YAML::ParserException& e) {
+    throw ConfigError({location(file, e.mark.line + 1, e.mark.column + 1) + ": YAML syntax error: " + e.msg});
+  } catch (const YAML::Exception& e) {
+    throw ConfigError({file.string() + ": YAML error: " + e.msg});
+  }
+}
+
+void set_dotted(json& tree, const std::string& key, json value) {
+  json* node = &tree;
+  std::size_t start = 0;
+  while (true) {
+    std::size_t dot = key.find('.', start);
+    std::string part = key.substr(start, dot - start);
+    if (dot == std::string::npos) {
+      (*node)[part] = std::move(value);
+      return;
+    }
+    json& child = (*node)[part];
+    if (!child.is_object()) child = json::object();
+    node = &child;
+    start = dot + 1;
+  }
+}
+
+const KeyInfo* find_key(const std::vector<KeyInfo>& keys, const std::string& path) {
+  for (const auto& key : keys)
+    if (key.path == path) return &key;
+  return nullptr;
+}
+
+// Makes every relative path value in the tree absolute against `base`.
+void resolve_paths(json& tree, const std::vector<KeyInfo>& keys, const fs::path& base) {
+  for (const auto& key : keys) {
+    if (key.type != "path") continue;
+    auto dot = key.path.find('.');
+    auto section = tree.find(key.path.substr(0, dot));
+    if (section == tree.end() || !section->is_object()) continue;
+    auto value = section->find(key.path.substr(dot + 1));
+    if (value == section->end() || !value->is_string() || value->get<std::string>().empty()) continue;
+    fs::path path = value->get<std::string>();
+    if (path.is_relative()) *value = (base / path).lexically_normal().string();
+  }
+}
+
+// The model's n_positions when it is known before loading it: from the shape of a random model, or
+// from a pretrained model's config.json when that file is readable.
+std::optional<int64_t> known_context_length(const Config& config) {
+  if (config.model.init == ModelInit::kRandom) return config.model.n_positions;
+  if (config.model.path.empty()) return std::nullopt;
+  std::ifstream in(fs::path(config.model.path) / "config.json");
+  if (!in) return std::nullopt;
+  json hf = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  for (const char* key : {"n_positions", "n_ctx", "max_position_embeddings"}) {
+    if (hf.is_object() && hf.contains(key) && hf[key].is_number_integer()) return hf[key].get<int64_t>();
+  }
+  return std::nullopt;
+}
+
+// Rules that involve more than one key. Keys that already failed on their own are not judged again.
+void check_cross_key_rules(const Config& c, Problems& p) {
+  if (c.data.train.empty() && p.ok("data.train"))
+    p.add("data.train", "is required: the training data file (.txt or .jsonl)");
+  if (c.model.init == ModelInit::kPretrained && c.model.path.empty() && p.ok("model.path"))
+    p.add("model.path", "is required with model.init: pretrained (or set model.init: random)");
+  if (c.model.init == ModelInit::kRandom && c.model.n_embd % c.model.n_head != 0 &&
+      p.ok("model.n_embd") && p.ok("model.n_head"))
+    p.add("model.n_embd", "must be divisible by model.n_head (" + std::to_string(c.model.n_head) +
+                              "), got " + std::to_string(c.model.n_embd));
+  if (!c.data.validation.empty() && c.data.validation_split > 0 && p.ok("data.validation_split"))
+    p.add("data.validation_split", "cannot be used together with data.validation; set one of them");
+  if (c.train.min_lr > c.train.lr && p.ok("train.min_lr") && p.ok("train.lr"))
+    p.add("train.min_lr", "must not exceed train.lr (" + format_number(c.train.lr) + "), got " +
+                              format_number(c.train.min_lr));
+  if (c.train.warmup_steps > c.train.max_steps && p.ok("train.warmup_steps") && p.ok("train.max_steps"))
+    p.add("train.warmup_steps", "must not exceed train.max_steps (" + std::to_string(c.train.max_steps) +
+                                    "), got " + std::to_string(c.train.warmup_steps));
+  if (c.train.precision == Precision::kFp16 && c.run.device == Device::kCpu && p.ok("train.precision"))
+    p.add("train.precision", "fp16 needs a CUDA device; use bf16 on the CPU");
+  if (auto context = known_context_length(c); context && c.data.seq_len > *context && p.ok("data.seq_len"))
+    p.add("data.seq_len", "must not exceed the model's n_positions (" + std::to_string(*context) +
+                              "), got " + std::to_string(c.data.seq_len));
+}
+
+}  // namespace
+
+std::vector<KeyInfo> config_keys() {
+  Config defaults;
+  KeyLister lister;
+  defaults.visit(lister);
+  return lister.keys;
+}
+
+Override parse_override(const std::string& text) {
+  auto eq = text.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw UsageError("--set " + text + ": expected KEY=VALUE, for example --set train.lr=3e-5");
+  return {text.substr(0, eq), text.substr(eq + 1)};
+}
+
+json read_config_tree(const fs::path& file) {
+  std::string ext = file.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  if (ext != ".json" && ext != ".yaml" && ext != ".yml")
+    throw UsageError(file.string() + ": config files must end in .json, .yaml or .yml");
+  std::string text = read_text(file);
+  json tree = ext == ".json" ? parse_json(text, file) : parse_yaml(text, file);
+  if (tree.is_null()) throw ConfigError({file.string() + ": the config file is empty"});
+  if (!tree.is_object())
+    throw ConfigError({file.string() + ": expected a mapping of sections (run, model, data, ...) at "
+                                       "the top level, got " + describe(tree)});
+  return tree;
+}
+
+Config load_config(const fs::path& file, const std::vector<Override>& overrides) {
+  const auto keys = config_keys();
+  json tree = read_config_tree(file);
+  resolve_paths(tree, keys, fs::absolute(file).parent_path());
+
+  Problems problems(file.string());
+  for (const auto& override : overrides) {
+    const KeyInfo* key = find_key(keys, override.key);
+    bool literal = key && (key->type == "string" || key->type == "path" || key->type.find('|') != std::string::npos);
+    json value = literal ? json(override.value) : infer_scalar(override.value);
+    if (key && key->type == "path" && !override.value.empty() && fs::path(override.value).is_relative())
+      value = (fs::current_path() / override.value).lexically_normal().string();
+    set_dotted(tree, override.key, std::move(value));
+    problems.set_origin(override.key, "--set " + override.key + "=" + override.value);
+  }
+
+  Config config;
+  TreeReader reader(tree, problems);
+  config.visit(reader);
+  reader.report_unknown_sections();
+  if (config.run.output_dir.empty())
+    config.run.output_dir = (fs::current_path() / "runs" / file.stem()).lexically_normal().string();
+  check_cross_key_rules(config, problems);
+  problems.throw_if_any();
+  return config;
+}
+
+json config_to_json(const Config& config) {
+  TreeWriter writer;
+  Config copy = config;  // visit() is shared with the readers, so it takes a mutable config
+  copy.visit(writer);
+  return writer.tree;
+}
+
+}  // namespace lmtune

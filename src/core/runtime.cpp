@@ -1,0 +1,22 @@
+#include "lmtune/core/runtime.h"
+
+#include <thread>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+
+namespace lmtune {
+
+int64_t set_threads(int64_t requested) {
+  int64_t threads = requested > 0 ? requested : std::max(1u, std::thread::hardware_concurrency());
+  torch::set_num_threads(static_cast<int>(threads));
+  return threads;
+}
+
+void init_logging(bool verbose) {
+  auto logger = spdlog::stderr_color_st("lmtune");
+  logger->set_pattern("lmtune %^%l%$: %v");
+  logger->set_level(verbose ? spdlog::level::debug : spdlog::level::info);
+  spdlog::set_default_logger(logger);
+}
+
+}  // namespace lmtune
