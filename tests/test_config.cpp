@@ -17,9 +17,9 @@ namespace {
 class ConfigTest : public testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("lmtune_config_" + std::to_string(::getpid()) + "_" +
-            testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ =
+        fs::temp_directory_path() / ("lmtune_config_" + std::to_string(::getpid()) + "_" +
+                                     testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::create_directories(dir_);
   }
   void TearDown() override { fs::remove_all(dir_); }
@@ -94,11 +94,11 @@ TEST_F(ConfigTest, SetPathsResolveAgainstTheWorkingDirectory) {
 }
 
 TEST_F(ConfigTest, SetIsParsedAsTheKeysType) {
-  Config config = lmtune::load_config(write("c.json", kMinimalJson),
-                                      {{"train.lr", "3e-5"},
-                                       {"train.max_steps", "20"},
-                                       {"model.gradient_checkpointing", "true"},
-                                       {"run.output_dir", "123"}});
+  Config config =
+      lmtune::load_config(write("c.json", kMinimalJson), {{"train.lr", "3e-5"},
+                                                          {"train.max_steps", "20"},
+                                                          {"model.gradient_checkpointing", "true"},
+                                                          {"run.output_dir", "123"}});
   EXPECT_DOUBLE_EQ(config.train.lr, 3e-5);
   EXPECT_EQ(config.train.max_steps, 20);
   EXPECT_TRUE(config.model.gradient_checkpointing);
@@ -157,7 +157,8 @@ TEST_F(ConfigTest, RequiredKeys) {
   auto errors = problems(write("c.json", "{}"));
   ASSERT_EQ(errors.size(), 2u);
   EXPECT_NE(errors[0].find("data.train: is required"), std::string::npos);
-  EXPECT_NE(errors[1].find("model.path: is required with model.init: pretrained"), std::string::npos);
+  EXPECT_NE(errors[1].find("model.path: is required with model.init: pretrained"),
+            std::string::npos);
   EXPECT_TRUE(problems(write("r.json", R"({"model": {"init": "random"}, "data": {"train": "t"}})"))
                   .empty());
 }
@@ -169,14 +170,16 @@ TEST_F(ConfigTest, ParseErrorsNameFileLineAndColumn) {
       << json_errors[0];
   auto yaml_errors = problems(write("bad.yaml", "train:\n  lr: [1, 2\nmodel: x\n"));
   ASSERT_EQ(yaml_errors.size(), 1u);
-  EXPECT_TRUE(std::regex_search(yaml_errors[0], std::regex("bad\\.yaml:\\d+:\\d+: YAML syntax error")))
+  EXPECT_TRUE(
+      std::regex_search(yaml_errors[0], std::regex("bad\\.yaml:\\d+:\\d+: YAML syntax error")))
       << yaml_errors[0];
 }
 
 TEST_F(ConfigTest, YamlQuotedScalarsStayStrings) {
   auto errors = problems(write("c.yaml", "model: {path: m}\ndata: {train: t, seq_len: '128'}\n"));
   ASSERT_EQ(errors.size(), 1u);
-  EXPECT_NE(errors[0].find("data.seq_len: expected an integer, got string \"128\""), std::string::npos);
+  EXPECT_NE(errors[0].find("data.seq_len: expected an integer, got string \"128\""),
+            std::string::npos);
 }
 
 TEST(ConfigDocs, EveryKeyIsDocumented) {
@@ -184,7 +187,8 @@ TEST(ConfigDocs, EveryKeyIsDocumented) {
   ASSERT_TRUE(in) << "docs/config.md is missing";
   std::string docs((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   for (const auto& key : lmtune::config_keys())
-    EXPECT_NE(docs.find("`" + key.path + "`"), std::string::npos) << key.path << " is not in docs/config.md";
+    EXPECT_NE(docs.find("`" + key.path + "`"), std::string::npos)
+        << key.path << " is not in docs/config.md";
 }
 
 }  // namespace

@@ -2,14 +2,15 @@
 #include <iostream>
 
 #include "commands.h"
-#include "options.h"
 #include "lmtune/core/config.h"
+#include "options.h"
 
 namespace lmtune::cli {
 
 void add_config_command(CLI::App& app) {
-  auto* command = app.add_subcommand("config", "Validate a config and print it resolved as JSON, "
-                                               "every default filled in");
+  auto* command = app.add_subcommand("config",
+                                     "Validate a config and print it resolved as JSON, "
+                                     "every default filled in");
   auto options = std::make_shared<ConfigOptions>();
   add_config_options(*command, *options);
   command->callback([options] {

@@ -23,8 +23,9 @@ struct ConfigOptions {
 
 inline void add_config_options(CLI::App& command, ConfigOptions& options) {
   command.add_option("CONFIG", options.file, "Config file (.json, .yaml or .yml)")->required();
-  command.add_option("--set", options.sets,
-                     "Override a config key: --set train.lr=3e-5 (repeatable; dotted key paths)")
+  command
+      .add_option("--set", options.sets,
+                  "Override a config key: --set train.lr=3e-5 (repeatable; dotted key paths)")
       ->type_name("KEY=VALUE")
       ->allow_extra_args(false);
 }

@@ -45,12 +45,18 @@ class Problems {
 
 std::string describe(const json& value) {
   switch (value.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::boolean: return std::string("boolean ") + (value.get<bool>() ? "true" : "false");
-    case json::value_t::string: return "string " + value.dump();
-    case json::value_t::array: return "a list";
-    case json::value_t::object: return "a mapping";
-    default: return "number " + value.dump();
+    case json::value_t::null:
+      return "null";
+    case json::value_t::boolean:
+      return std::string("boolean ") + (value.get<bool>() ? "true" : "false");
+    case json::value_t::string:
+      return "string " + value.dump();
+    case json::value_t::array:
+      return "a list";
+    case json::value_t::object:
+      return "a mapping";
+    default:
+      return "number " + value.dump();
   }
 }
 
@@ -71,7 +77,8 @@ std::size_t edit_distance(const std::string& a, const std::string& b) {
 
 // The closest of `candidates` to `name`, if it is close enough to be a plausible typo or a
 // spelled-out abbreviation ("evaluation" for "eval").
-std::optional<std::string> closest(const std::string& name, const std::vector<std::string>& candidates) {
+std::optional<std::string> closest(const std::string& name,
+                                   const std::vector<std::string>& candidates) {
   for (const auto& candidate : candidates)
     if (candidate.size() >= 3 && name.rfind(candidate, 0) == 0) return candidate;
   std::optional<std::string> best;
@@ -284,7 +291,8 @@ class KeyLister {
   }
   template <class T>
   void operator()(T& value, const Field& field) {
-    keys.push_back({prefix_ + field.name(), type_name<T>(field), to_json_value(value), field.help()});
+    keys.push_back(
+        {prefix_ + field.name(), type_name<T>(field), to_json_value(value), field.help()});
   }
 
   std::vector<KeyInfo> keys;
@@ -298,7 +306,8 @@ class KeyLister {
 
 // A plain YAML scalar typed by the YAML 1.2 core schema: null, boolean, integer, float or string.
 json infer_scalar(const std::string& text) {
-  if (text.empty() || text == "~" || text == "null" || text == "Null" || text == "NULL") return nullptr;
+  if (text.empty() || text == "~" || text == "null" || text == "Null" || text == "NULL")
+    return nullptr;
   if (text == "true" || text == "True" || text == "TRUE") return true;
   if (text == "false" || text == "False" || text == "FALSE") return false;
   static const std::map<std::string, double> kSpecial = {
@@ -361,9 +370,11 @@ json parse_json(const std::string& text, const fs::path& file) {
     std::size_t offset = std::min<std::size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
     std::size_t line = 1 + std::count(text.begin(), text.begin() + offset, '\n');
     std::size_t line_start = text.rfind('\n', offset == 0 ? 0 : offset - 1);
-    std::size_t column = line_start == std::string::npos || offset == 0 ? offset + 1 : offset - line_start;
+    std::size_t column =
+        line_start == std::string::npos || offset == 0 ? offset + 1 : offset - line_start;
     std::string message = e.what();
-    if (auto pos = message.find("syntax error"); pos != std::string::npos) message = message.substr(pos);
+    if (auto pos = message.find("syntax error"); pos != std::string::npos)
+      message = message.substr(pos);
     throw ConfigError({location(file, line, column) + ": JSON " + message});
   }
 }
@@ -372,7 +383,8 @@ json parse_yaml(const std::string& text, const fs::path& file) {
   try {
     return yaml_to_json(YAML::Load(text), file.string());
   } catch (const YAML::ParserException& e) {
-    throw ConfigError({location(file, e.mark.line + 1, e.mark.column + 1) + ": YAML syntax error: " + e.msg});
+    throw ConfigError(
+        {location(file, e.mark.line + 1, e.mark.column + 1) + ": YAML syntax error: " + e.msg});
   } catch (const YAML::Exception& e) {
     throw ConfigError({file.string() + ": YAML error: " + e.msg});
   }
@@ -409,7 +421,8 @@ void resolve_paths(json& tree, const std::vector<KeyInfo>& keys, const fs::path&
     auto section = tree.find(key.path.substr(0, dot));
     if (section == tree.end() || !section->is_object()) continue;
     auto value = section->find(key.path.substr(dot + 1));
-    if (value == section->end() || !value->is_string() || value->get<std::string>().empty()) continue;
+    if (value == section->end() || !value->is_string() || value->get<std::string>().empty())
+      continue;
     fs::path path = value->get<std::string>();
     if (path.is_relative()) *value = (base / path).lexically_normal().string();
   }
@@ -424,7 +437,8 @@ std::optional<int64_t> known_context_length(const Config& config) {
   if (!in) return std::nullopt;
   json hf = json::parse(in, nullptr, /*allow_exceptions=*/false);
   for (const char* key : {"n_positions", "n_ctx", "max_position_embeddings"}) {
-    if (hf.is_object() && hf.contains(key) && hf[key].is_number_integer()) return hf[key].get<int64_t>();
+    if (hf.is_object() && hf.contains(key) && hf[key].is_number_integer())
+      return hf[key].get<int64_t>();
   }
   return std::nullopt;
 }
@@ -444,12 +458,16 @@ void check_cross_key_rules(const Config& c, Problems& p) {
   if (c.train.min_lr > c.train.lr && p.ok("train.min_lr") && p.ok("train.lr"))
     p.add("train.min_lr", "must not exceed train.lr (" + format_number(c.train.lr) + "), got " +
                               format_number(c.train.min_lr));
-  if (c.train.warmup_steps > c.train.max_steps && p.ok("train.warmup_steps") && p.ok("train.max_steps"))
-    p.add("train.warmup_steps", "must not exceed train.max_steps (" + std::to_string(c.train.max_steps) +
-                                    "), got " + std::to_string(c.train.warmup_steps));
-  if (c.train.precision == Precision::kFp16 && c.run.device == Device::kCpu && p.ok("train.precision"))
+  if (c.train.warmup_steps > c.train.max_steps && p.ok("train.warmup_steps") &&
+      p.ok("train.max_steps"))
+    p.add("train.warmup_steps", "must not exceed train.max_steps (" +
+                                    std::to_string(c.train.max_steps) + "), got " +
+                                    std::to_string(c.train.warmup_steps));
+  if (c.train.precision == Precision::kFp16 && c.run.device == Device::kCpu &&
+      p.ok("train.precision"))
     p.add("train.precision", "fp16 needs a CUDA device; use bf16 on the CPU");
-  if (auto context = known_context_length(c); context && c.data.seq_len > *context && p.ok("data.seq_len"))
+  if (auto context = known_context_length(c);
+      context && c.data.seq_len > *context && p.ok("data.seq_len"))
     p.add("data.seq_len", "must not exceed the model's n_positions (" + std::to_string(*context) +
                               "), got " + std::to_string(c.data.seq_len));
 }
@@ -472,15 +490,18 @@ Override parse_override(const std::string& text) {
 
 json read_config_tree(const fs::path& file) {
   std::string ext = file.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char ch) { return std::tolower(ch); });
   if (ext != ".json" && ext != ".yaml" && ext != ".yml")
     throw UsageError(file.string() + ": config files must end in .json, .yaml or .yml");
   std::string text = read_text(file);
   json tree = ext == ".json" ? parse_json(text, file) : parse_yaml(text, file);
   if (tree.is_null()) throw ConfigError({file.string() + ": the config file is empty"});
   if (!tree.is_object())
-    throw ConfigError({file.string() + ": expected a mapping of sections (run, model, data, ...) at "
-                                       "the top level, got " + describe(tree)});
+    throw ConfigError({file.string() +
+                       ": expected a mapping of sections (run, model, data, ...) at "
+                       "the top level, got " +
+                       describe(tree)});
   return tree;
 }
 
@@ -492,9 +513,11 @@ Config load_config(const fs::path& file, const std::vector<Override>& overrides)
   Problems problems(file.string());
   for (const auto& override : overrides) {
     const KeyInfo* key = find_key(keys, override.key);
-    bool literal = key && (key->type == "string" || key->type == "path" || key->type.find('|') != std::string::npos);
+    bool literal = key && (key->type == "string" || key->type == "path" ||
+                           key->type.find('|') != std::string::npos);
     json value = literal ? json(override.value) : infer_scalar(override.value);
-    if (key && key->type == "path" && !override.value.empty() && fs::path(override.value).is_relative())
+    if (key && key->type == "path" && !override.value.empty() &&
+        fs::path(override.value).is_relative())
       value = (fs::current_path() / override.value).lexically_normal().string();
     set_dotted(tree, override.key, std::move(value));
     problems.set_origin(override.key, "--set " + override.key + "=" + override.value);

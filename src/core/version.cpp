@@ -5,9 +5,13 @@
 
 namespace lmtune {
 
-std::string lmtune_version() { return LMTUNE_VERSION; }
+std::string lmtune_version() {
+  return LMTUNE_VERSION;
+}
 
-std::string libtorch_version() { return TORCH_VERSION; }
+std::string libtorch_version() {
+  return TORCH_VERSION;
+}
 
 std::string version_report() {
   std::string report = "lmtune " + lmtune_version() + " (git " + kGitRevision + ")\n";

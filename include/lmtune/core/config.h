@@ -1,4 +1,5 @@
-// The training config: nested structs with their defaults, loaded from JSON or YAML with --set overrides.
+// The training config: nested structs with their defaults, loaded from JSON or YAML with --set
+// overrides.
 #pragma once
 
 #include <cstdint>
@@ -49,9 +50,10 @@ struct RunConfig {
 
   template <class V>
   void visit(V& v) {
-    v(output_dir, Field("output_dir", "Run directory: config.json, metrics.jsonl, train.log, "
-                                      "checkpoints/ and final/. Empty means "
-                                      "runs/<config name> in the working directory.")
+    v(output_dir, Field("output_dir",
+                        "Run directory: config.json, metrics.jsonl, train.log, "
+                        "checkpoints/ and final/. Empty means "
+                        "runs/<config name> in the working directory.")
                       .path());
     v(seed, Field("seed", "Seed for weight initialisation, dropout and the data order.").min(0));
     v(threads, Field("threads", "LibTorch intra-op threads; 0 uses every core.").min(0).max(1024));
@@ -72,71 +74,76 @@ struct ModelConfig {
 
   template <class V>
   void visit(V& v) {
-    v(path, Field("path", "Hugging Face model directory (config.json, model.safetensors and "
-                          "tokenizer files). With init: random, only its tokenizer is used.")
+    v(path, Field("path",
+                  "Hugging Face model directory (config.json, model.safetensors and "
+                  "tokenizer files). With init: random, only its tokenizer is used.")
                 .path());
-    v(init, Field("init", "pretrained loads the weights in path; random trains from scratch "
-                          "with the shape below."));
+    v(init, Field("init",
+                  "pretrained loads the weights in path; random trains from scratch "
+                  "with the shape below."));
     v(gradient_checkpointing,
       Field("gradient_checkpointing",
             "Recompute each transformer block in backward instead of storing its activations."));
     v(n_layer, Field("n_layer", "Transformer blocks (init: random).").min(1));
     v(n_head, Field("n_head", "Attention heads per block (init: random).").min(1));
     v(n_embd, Field("n_embd", "Width of the residual stream (init: random).").min(1));
-    v(n_positions, Field("n_positions", "Longest sequence the model accepts (init: random).").min(1));
+    v(n_positions,
+      Field("n_positions", "Longest sequence the model accepts (init: random).").min(1));
     v(vocab_size, Field("vocab_size", "Vocabulary size (init: random).").min(1));
   }
 };
 
 struct DataConfig {
-  std::string train;             // training text: .txt or .jsonl
-  std::string validation;        // validation text; empty = split off validation_split of train
-  double validation_split = 0;   // fraction of the training documents held out for validation
-  int64_t seq_len = 256;         // tokens per training window
+  std::string train;            // training text: .txt or .jsonl
+  std::string validation;       // validation text; empty = split off validation_split of train
+  double validation_split = 0;  // fraction of the training documents held out for validation
+  int64_t seq_len = 256;        // tokens per training window
 
   template <class V>
   void visit(V& v) {
     v(train, Field("train", "Training data file (.txt or .jsonl). Required.").path());
-    v(validation, Field("validation", "Validation data file; empty means none, or a split of "
-                                      "train when validation_split is set.")
+    v(validation, Field("validation",
+                        "Validation data file; empty means none, or a split of "
+                        "train when validation_split is set.")
                       .path());
     v(validation_split,
       Field("validation_split", "Fraction of the training documents held out for validation.")
           .min(0)
           .max(0.5));
-    v(seq_len, Field("seq_len", "Tokens per training sequence; at most the model's n_positions.")
-                   .min(2));
+    v(seq_len,
+      Field("seq_len", "Tokens per training sequence; at most the model's n_positions.").min(2));
   }
 };
 
 struct TrainConfig {
-  int64_t max_steps = 1000;        // optimizer steps
-  int64_t micro_batch_size = 8;    // sequences per forward/backward pass
-  int64_t grad_accum_steps = 1;    // micro-batches per optimizer step
+  int64_t max_steps = 1000;      // optimizer steps
+  int64_t micro_batch_size = 8;  // sequences per forward/backward pass
+  int64_t grad_accum_steps = 1;  // micro-batches per optimizer step
   Precision precision = Precision::kBf16;
-  double lr = 3.0e-4;              // peak learning rate, reached after warmup
-  double min_lr = 0.0;             // floor of the schedule
-  double weight_decay = 0.1;       // AdamW decoupled decay; never applied to biases or LayerNorm
+  double lr = 3.0e-4;         // peak learning rate, reached after warmup
+  double min_lr = 0.0;        // floor of the schedule
+  double weight_decay = 0.1;  // AdamW decoupled decay; never applied to biases or LayerNorm
   double beta1 = 0.9;
   double beta2 = 0.95;
   double eps = 1.0e-8;
   Schedule schedule = Schedule::kCosine;
-  int64_t warmup_steps = 0;        // linear warmup from 0 to lr
-  double max_grad_norm = 1.0;      // clip the global gradient norm; 0 disables clipping
+  int64_t warmup_steps = 0;    // linear warmup from 0 to lr
+  double max_grad_norm = 1.0;  // clip the global gradient norm; 0 disables clipping
 
   template <class V>
   void visit(V& v) {
     v(max_steps, Field("max_steps", "Optimizer steps to train.").min(1));
-    v(micro_batch_size,
-      Field("micro_batch_size", "Sequences per forward/backward pass.").min(1));
+    v(micro_batch_size, Field("micro_batch_size", "Sequences per forward/backward pass.").min(1));
     v(grad_accum_steps,
       Field("grad_accum_steps", "Micro-batches accumulated into one optimizer step.").min(1));
-    v(precision, Field("precision", "Compute precision: fp32, bf16 autocast, or fp16 autocast "
-                                    "with loss scaling (CUDA only)."));
+    v(precision, Field("precision",
+                       "Compute precision: fp32, bf16 autocast, or fp16 autocast "
+                       "with loss scaling (CUDA only)."));
     v(lr, Field("lr", "Peak learning rate, reached at the end of warmup.").above(0));
     v(min_lr, Field("min_lr", "Learning-rate floor of the schedule.").min(0));
-    v(weight_decay, Field("weight_decay", "AdamW decoupled weight decay (not applied to biases "
-                                          "and LayerNorm weights).")
+    v(weight_decay, Field("weight_decay",
+                          "AdamW decoupled weight decay (not applied to biases "
+                          "and LayerNorm weights).")
                         .min(0));
     v(beta1, Field("beta1", "AdamW first-moment decay.").min(0).max(1));
     v(beta2, Field("beta2", "AdamW second-moment decay.").min(0).max(1));
@@ -154,8 +161,9 @@ struct EvalConfig {
 
   template <class V>
   void visit(V& v) {
-    v(every_steps, Field("every_steps", "Evaluate every N optimizer steps; 0 evaluates only at "
-                                        "the end.")
+    v(every_steps, Field("every_steps",
+                         "Evaluate every N optimizer steps; 0 evaluates only at "
+                         "the end.")
                        .min(0));
     v(max_batches,
       Field("max_batches", "Validation batches per evaluation; 0 uses the whole set.").min(0));
@@ -168,11 +176,13 @@ struct CheckpointConfig {
 
   template <class V>
   void visit(V& v) {
-    v(every_steps, Field("every_steps", "Save a checkpoint every N optimizer steps; 0 saves only "
-                                        "at the end and on SIGINT/SIGTERM.")
+    v(every_steps, Field("every_steps",
+                         "Save a checkpoint every N optimizer steps; 0 saves only "
+                         "at the end and on SIGINT/SIGTERM.")
                        .min(0));
-    v(keep_last, Field("keep_last", "Newest checkpoints kept, besides the best by validation "
-                                    "loss.")
+    v(keep_last, Field("keep_last",
+                       "Newest checkpoints kept, besides the best by validation "
+                       "loss.")
                      .min(1));
   }
 };
@@ -182,8 +192,9 @@ struct LoggingConfig {
 
   template <class V>
   void visit(V& v) {
-    v(every_steps, Field("every_steps", "Log a progress line and a metrics.jsonl record every N "
-                                        "optimizer steps.")
+    v(every_steps, Field("every_steps",
+                         "Log a progress line and a metrics.jsonl record every N "
+                         "optimizer steps.")
                        .min(1));
   }
 };
@@ -212,8 +223,8 @@ struct Config {
 
 // One key of the schema, for documentation and for typing --set values.
 struct KeyInfo {
-  std::string path;           // dotted, e.g. "train.lr"
-  std::string type;           // integer, number, boolean, string, path, or "a|b|c" for an enum
+  std::string path;  // dotted, e.g. "train.lr"
+  std::string type;  // integer, number, boolean, string, path, or "a|b|c" for an enum
   nlohmann::json default_value;
   std::string help;
 };

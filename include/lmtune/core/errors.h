@@ -29,7 +29,8 @@ class UsageError : public Error {
   int exit_code() const override { return kExitUsage; }
 };
 
-// An invalid config: every problem found, each already prefixed with its file and key path (exit 2).
+// An invalid config: every problem found, each already prefixed with its file and key path (exit
+// 2).
 class ConfigError : public Error {
  public:
   explicit ConfigError(std::vector<std::string> problems);

@@ -1,4 +1,5 @@
-// Describes one config key (name, help, limits) for the visitors that read, write and list the config.
+// Describes one config key (name, help, limits) for the visitors that read, write and list the
+// config.
 #pragma once
 
 #include <array>
@@ -14,12 +15,25 @@ class Field {
  public:
   Field(const char* name, const char* help) : name_(name), help_(help) {}
 
-  Field& min(double value) { min_ = value; return *this; }
-  Field& max(double value) { max_ = value; return *this; }
+  Field& min(double value) {
+    min_ = value;
+    return *this;
+  }
+  Field& max(double value) {
+    max_ = value;
+    return *this;
+  }
   // Like min(), but the bound itself is not allowed (a learning rate must be > 0).
-  Field& above(double value) { min_ = value; min_exclusive_ = true; return *this; }
+  Field& above(double value) {
+    min_ = value;
+    min_exclusive_ = true;
+    return *this;
+  }
   // A file or directory: resolved against the config file's directory (see docs/config.md).
-  Field& path() { is_path_ = true; return *this; }
+  Field& path() {
+    is_path_ = true;
+    return *this;
+  }
 
   const char* name() const { return name_; }
   const char* help() const { return help_; }

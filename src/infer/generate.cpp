@@ -1,0 +1,61 @@
+#include "lmtune/infer/generate.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+namespace lmtune {
+namespace {
+
+// Picks the next token from the last position's logits (V).
+int64_t pick_token(torch::Tensor logits, const GenerateOptions& options, at::Generator& generator) {
+  if (options.temperature <= 0) return logits.argmax().item<int64_t>();
+  logits = logits.to(torch::kFloat32) / options.temperature;
+  if (options.top_k > 0 && options.top_k < logits.size(0)) {
+    auto kth = std::get<0>(logits.topk(options.top_k)).min();
+    logits = logits.masked_fill(logits < kth, -INFINITY);
+  }
+  if (options.top_p < 1.0) {
+    auto [sorted, order] = logits.sort(/*dim=*/0, /*descending=*/true);
+    auto cumulative = sorted.softmax(0).cumsum(0);
+    // Keep the smallest prefix whose probability reaches top_p (always at least one token).
+    auto drop_sorted = (cumulative - sorted.softmax(0)) >= options.top_p;
+    logits = logits.index_put({order.masked_select(drop_sorted)}, torch::tensor(-INFINITY));
+  }
+  auto probs = logits.softmax(0).to(torch::kCPU);
+  return torch::multinomial(probs, /*num_samples=*/1, /*replacement=*/false, generator)
+      .item<int64_t>();
+}
+
+}  // namespace
+
+std::vector<int64_t> generate(GPT2& model, const std::vector<int64_t>& prompt,
+                              const GenerateOptions& options) {
+  TORCH_CHECK(!prompt.empty(), "generate needs at least one prompt token");
+  torch::NoGradGuard no_grad;
+  model->eval();
+  const auto device = model->wte->weight.device();
+  const int64_t context = model->config().n_positions;
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+
+  std::vector<int64_t> tokens = prompt;
+  std::vector<int64_t> produced;
+  KVCache cache;
+  // With the cache, each step feeds only the tokens the model has not seen yet.
+  std::size_t fed = 0;
+  while (static_cast<int64_t>(produced.size()) < options.max_new_tokens &&
+         static_cast<int64_t>(tokens.size()) < context) {
+    std::size_t start = options.use_cache ? fed : 0;
+    auto input =
+        torch::tensor(std::vector<int64_t>(tokens.begin() + start, tokens.end()), torch::kLong)
+            .unsqueeze(0)
+            .to(device);                                                        // (1, T)
+    auto logits = model->forward(input, options.use_cache ? &cache : nullptr);  // (1, T, V)
+    fed = tokens.size();
+    int64_t next = pick_token(logits[0][-1], options, generator);
+    tokens.push_back(next);
+    produced.push_back(next);
+    if (options.stop_id && next == *options.stop_id) break;
+  }
+  return produced;
+}
+
+}  // namespace lmtune

@@ -1,0 +1,232 @@
+// Reading byte-level BPE vocabularies: GPT-2's vocab.json + merges.txt, and Hugging Face's tokenizer.json.
+#include <set>
+
+#include "bpe_tokenizer.h"
+#include "lmtune/core/errors.h"
+#include "tokenizer_files.h"
+
+namespace lmtune {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// Ids beyond this are taken as a garbled file rather than allocated for (the largest
+// vocabularies in use hold a few hundred thousand tokens).
+constexpr int64_t kMaxTokenId = (int64_t{1} << 24) - 1;
+
+// The GPT-2 end-of-text token: the EOS of every GPT-2-style vocabulary that does not name another.
+constexpr const char* kEndOfText = "<|endoftext|>";
+
+// object[key], or null when the object has no such key; unlike json::value(), copies nothing.
+const json& member(const json& object, const char* key) {
+  static const json kNull;
+  auto it = object.find(key);
+  return it == object.end() ? kNull : *it;
+}
+
+// vocab.json, or tokenizer.json's model.vocab (`key` says which): spelling -> id.
+std::unordered_map<std::string, int32_t> read_vocab(const json& tree, const fs::path& file,
+                                                    const std::string& key) {
+  std::string where = key.empty() ? "" : key + ": ";
+  if (!tree.is_object())
+    throw InputError(file.string(), where + "expected an object mapping tokens to ids");
+  std::unordered_map<std::string, int32_t> tokens;
+  std::set<int64_t> seen;
+  for (const auto& [spelling, value] : tree.items()) {
+    if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > kMaxTokenId)
+      throw InputError(file.string(), where + "token '" + spelling + "' has id " + value.dump() +
+                                          "; expected an integer from 0 to " + std::to_string(kMaxTokenId));
+    if (!seen.insert(value.get<int64_t>()).second)
+      throw InputError(file.string(), where + "id " + value.dump() + " is given to more than one token");
+    tokens.emplace(spelling, value.get<int32_t>());
+  }
+  return tokens;
+}
+
+// Resolves one merge rule against the vocabulary; `where` places it in `file` for errors.
+BpeMerge resolve_merge(const std::string& left, const std::string& right,
+                       const std::unordered_map<std::string, int32_t>& tokens, const fs::path& file,
+                       const std::string& where, const std::string& vocab_name) {
+  BpeMerge merge;
+  const std::pair<const std::string*, int32_t*> parts[] = {
+      {&left, &merge.left}, {&right, &merge.right}};
+  for (const auto& [spelling, id] : parts) {
+    auto it = tokens.find(*spelling);
+    if (it == tokens.end())
+      throw InputError(file.string(), where + "token '" + *spelling + "' is not in " + vocab_name);
+    *id = it->second;
+  }
+  auto merged = tokens.find(left + right);
+  if (merged == tokens.end())
+    throw InputError(file.string(), where + "the merge of '" + left + "' and '" + right + "' ('" +
+                                        left + right + "') is not in " + vocab_name);
+  merge.merged = merged->second;
+  return merge;
+}
+
+// merges.txt: an optional "#version" line, then one "left right" rule per line, highest priority
+// first.
+std::vector<BpeMerge> read_merges_txt(const fs::path& file,
+                                      const std::unordered_map<std::string, int32_t>& tokens) {
+  std::string text = read_tokenizer_file(file);
+  std::vector<BpeMerge> merges;
+  std::size_t line_number = 0;
+  for (std::size_t start = 0; start < text.size();) {
+    std::size_t end = std::min(text.find('\n', start), text.size());
+    std::string line = text.substr(start, end - start);
+    start = end + 1;
+    ++line_number;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || line.rfind("#version", 0) == 0) continue;
+    std::string where = "line " + std::to_string(line_number) + ": ";
+    std::size_t space = line.find(' ');
+    if (space == 0 || space == std::string::npos || space + 1 == line.size() ||
+        line.find(' ', space + 1) != std::string::npos)
+      throw InputError(file.string(), where + "expected two tokens separated by one space, got '" + line + "'");
+    merges.push_back(
+        resolve_merge(line.substr(0, space), line.substr(space + 1), tokens, file, where, "vocab.json"));
+  }
+  return merges;
+}
+
+// tokenizer.json's model.merges: "left right" strings (older files) or ["left", "right"] pairs.
+std::vector<BpeMerge> read_json_merges(const json& tree, const fs::path& file,
+                                       const std::unordered_map<std::string, int32_t>& tokens) {
+  if (!tree.is_array()) throw InputError(file.string(), "model.merges: expected a list of merge rules");
+  std::vector<BpeMerge> merges;
+  merges.reserve(tree.size());
+  for (std::size_t i = 0; i < tree.size(); ++i) {
+    const json& rule = tree[i];
+    std::string where = "model.merges[" + std::to_string(i) + "]: ";
+    std::string left, right;
+    if (rule.is_string()) {
+      std::string text = rule.get<std::string>();
+      std::size_t space = text.find(' ');
+      if (space != std::string::npos && text.find(' ', space + 1) == std::string::npos) {
+        left = text.substr(0, space);
+        right = text.substr(space + 1);
+      }
+    } else if (rule.is_array() && rule.size() == 2 && rule[0].is_string() && rule[1].is_string()) {
+      left = rule[0].get<std::string>();
+      right = rule[1].get<std::string>();
+    }
+    if (left.empty() || right.empty())
+      throw InputError(file.string(), where + "expected \"left right\" or [\"left\", \"right\"], got " + rule.dump());
+    merges.push_back(resolve_merge(left, right, tokens, file, where, "model.vocab"));
+  }
+  return merges;
+}
+
+// tokenizer.json's added_tokens: [{"id": 50256, "content": "<|endoftext|>", ...}, ...].
+std::vector<SpecialToken> read_added_tokens(const json& tree, const fs::path& file) {
+  std::vector<SpecialToken> added;
+  if (tree.is_null()) return added;
+  if (!tree.is_array()) throw InputError(file.string(), "added_tokens: expected a list");
+  for (std::size_t i = 0; i < tree.size(); ++i) {
+    const json& entry = tree[i];
+    bool ok = entry.is_object() && entry.contains("id") && entry["id"].is_number_integer() &&
+              entry["id"].get<int64_t>() >= 0 && entry["id"].get<int64_t>() <= kMaxTokenId &&
+              entry.contains("content") && entry["content"].is_string();
+    if (!ok)
+      throw InputError(file.string(), "added_tokens[" + std::to_string(i) +
+                                          "]: expected {\"id\": ID, \"content\": TEXT, ...}, got " + entry.dump());
+    added.push_back({entry["content"].get<std::string>(), entry["id"].get<int64_t>()});
+  }
+  return added;
+}
+
+// GPT-2's vocab.json lists <|endoftext|> as an ordinary token; tokenizer_config.json may name
+// other special tokens, in its added_tokens_decoder or as bos/eos/unk/pad tokens.
+std::vector<SpecialToken> configured_special_tokens(const std::unordered_map<std::string, int32_t>& tokens,
+                                                    const std::vector<fs::path>& config_files) {
+  std::vector<std::string> texts = {kEndOfText};
+  std::vector<SpecialToken> special;
+  for (const auto& file : config_files) {
+    json config = read_tokenizer_json(file);
+    if (!config.is_object()) throw InputError(file.string(), "expected a JSON object");
+    for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token"}) {
+      if (auto text = config.contains(key) ? special_token_text(config[key]) : std::nullopt) texts.push_back(*text);
+    }
+    for (const auto& [id, entry] : member(config, "added_tokens_decoder").items()) {
+      auto text = special_token_text(entry);
+      bool numeric = !id.empty() && id.size() < 9 && id.find_first_not_of("0123456789") == std::string::npos;
+      if (!text || !numeric || std::stoll(id) > kMaxTokenId)
+        throw InputError(file.string(), "added_tokens_decoder." + id + ": expected an id and {\"content\": TEXT}");
+      special.push_back({*text, std::stoll(id)});
+    }
+  }
+  for (const auto& text : texts) {
+    if (auto it = tokens.find(text); it != tokens.end()) special.push_back({text, it->second});
+  }
+  return special;
+}
+
+// The id of the configured EOS token, else of <|endoftext|>, among the tokens.
+std::optional<int64_t> find_eos(const BpeVocabulary& vocabulary, const std::vector<fs::path>& config_files) {
+  std::string eos = configured_eos_token(config_files).value_or(kEndOfText);
+  for (const auto& token : vocabulary.added) {
+    if (token.text == eos) return token.id;
+  }
+  if (auto it = vocabulary.tokens.find(eos); it != vocabulary.tokens.end()) return it->second;
+  return std::nullopt;
+}
+
+// Whether `value` is absent, null or equal to `neutral` (the setting lmtune implements).
+bool is_default(const json& object, const char* key, const json& neutral) {
+  auto it = object.find(key);
+  return it == object.end() || it->is_null() || *it == neutral;
+}
+
+}  // namespace
+
+BpeVocabulary read_gpt2_vocabulary(const fs::path& dir) {
+  BpeVocabulary vocabulary;
+  vocabulary.vocab_file = dir / "vocab.json";
+  fs::path merges_file = dir / "merges.txt";
+  vocabulary.tokens = read_vocab(read_tokenizer_json(vocabulary.vocab_file), vocabulary.vocab_file, "");
+  vocabulary.merges = read_merges_txt(merges_file, vocabulary.tokens);
+  auto config_files = tokenizer_config_files(dir);
+  vocabulary.added = configured_special_tokens(vocabulary.tokens, config_files);
+  vocabulary.eos_id = find_eos(vocabulary, config_files);
+  vocabulary.files = {vocabulary.vocab_file, merges_file};
+  vocabulary.files.insert(vocabulary.files.end(), config_files.begin(), config_files.end());
+  return vocabulary;
+}
+
+std::optional<std::string> unsupported_tokenizer_json(const json& tree) {
+  if (!tree.is_object() || !tree.contains("model") || !tree["model"].is_object())
+    return "expected an object with a \"model\" object";
+  const json& model = tree["model"];
+  if (!is_default(model, "type", "BPE")) return "model.type " + model["type"].dump() + " is not BPE";
+  if (!is_default(model, "dropout", 0.0)) return "model.dropout is set";
+  if (!is_default(model, "continuing_subword_prefix", "")) return "model.continuing_subword_prefix is set";
+  if (!is_default(model, "end_of_word_suffix", "")) return "model.end_of_word_suffix is set";
+  if (!is_default(model, "byte_fallback", false)) return "model.byte_fallback is set";
+  if (!is_default(model, "ignore_merges", false)) return "model.ignore_merges is set";
+  if (!is_default(tree, "normalizer", nullptr)) return "it has a normalizer";
+  const json& pre = member(tree, "pre_tokenizer");
+  if (!pre.is_object() || pre.value("type", "") != "ByteLevel" || !pre.value("use_regex", true))
+    return "its pre_tokenizer is not ByteLevel with GPT-2's pattern";
+  return std::nullopt;
+}
+
+BpeVocabulary read_tokenizer_json_vocabulary(const json& tree, const fs::path& file) {
+  if (auto problem = unsupported_tokenizer_json(tree))
+    throw InputError(file.string(), "lmtune reads byte-level BPE tokenizers such as GPT-2's, but " +
+                                        *problem);
+  BpeVocabulary vocabulary;
+  vocabulary.vocab_file = file;
+  const json& model = tree["model"];
+  vocabulary.tokens = read_vocab(member(model, "vocab"), file, "model.vocab");
+  vocabulary.merges = read_json_merges(member(model, "merges"), file, vocabulary.tokens);
+  vocabulary.added = read_added_tokens(member(tree, "added_tokens"), file);
+  vocabulary.add_prefix_space = tree["pre_tokenizer"].value("add_prefix_space", false);
+  auto config_files = tokenizer_config_files(file.parent_path());
+  vocabulary.eos_id = find_eos(vocabulary, config_files);
+  vocabulary.files = {file};
+  vocabulary.files.insert(vocabulary.files.end(), config_files.begin(), config_files.end());
+  return vocabulary;
+}
+
+}  // namespace lmtune

@@ -1,0 +1,130 @@
+#include "tokenizer_files.h"
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "lmtune/core/errors.h"
+
+namespace lmtune {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string read_tokenizer_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(path.string(), "cannot read the tokenizer file (does it exist?)");
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw InputError(path.string(), "reading the tokenizer file failed");
+  return text.str();
+}
+
+json read_tokenizer_json(const fs::path& path) {
+  std::string text = read_tokenizer_file(path);
+  try {
+    return json::parse(text);
+  } catch (const json::parse_error& e) {
+    // what() reads "[json.exception.parse_error.101] parse error at line 3, column 7: ..."; the
+    // part from "parse error" on already says where.
+    std::string message = e.what();
+    auto start = message.find("parse error");
+    throw InputError(path.string(), "not valid JSON (" +
+                                        (start == std::string::npos ? message : message.substr(start)) +
+                                        "); the file may be truncated");
+  }
+}
+
+std::vector<fs::path> tokenizer_config_files(const fs::path& dir) {
+  std::vector<fs::path> files;
+  for (const char* name : {kTokenizerConfigFile, kSpecialTokensMapFile}) {
+    if (fs::is_regular_file(dir / name)) files.push_back(dir / name);
+  }
+  return files;
+}
+
+std::optional<std::string> special_token_text(const json& entry) {
+  if (entry.is_string()) return entry.get<std::string>();
+  if (entry.is_object() && entry.contains("content") && entry["content"].is_string())
+    return entry["content"].get<std::string>();
+  return std::nullopt;
+}
+
+std::optional<std::string> configured_eos_token(const std::vector<fs::path>& config_files) {
+  for (const auto& file : config_files) {
+    json config = read_tokenizer_json(file);
+    if (!config.is_object()) throw InputError(file.string(), "expected a JSON object");
+    if (auto eos = config.find("eos_token"); eos != config.end()) {
+      if (auto text = special_token_text(*eos)) return text;
+    }
+  }
+  return std::nullopt;
+}
+
+void copy_tokenizer_files(const std::vector<fs::path>& files, const fs::path& dir) {
+  fs::create_directories(dir);
+  for (const auto& file : files) {
+    fs::path target = dir / file.filename();
+    // Saving into the directory it was loaded from must not truncate the source.
+    if (fs::exists(target) && fs::equivalent(file, target)) continue;
+    fs::copy_file(file, target, fs::copy_options::overwrite_existing);
+  }
+}
+
+namespace {
+
+bool is_continuation(unsigned char byte) { return (byte & 0xC0) == 0x80; }
+
+// Bytes in the UTF-8 sequence at the start of `s` (n bytes available), or 0 when it is invalid.
+// The ranges of the second byte are those of the Unicode standard's table of well-formed sequences.
+std::size_t utf8_sequence_length(const unsigned char* s, std::size_t n) {
+  unsigned char lead = s[0];
+  unsigned char low = 0x80, high = 0xBF;  // allowed range of the second byte
+  std::size_t length = 0;
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    length = 2;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    length = 3;
+    if (lead == 0xE0) low = 0xA0;   // overlong
+    if (lead == 0xED) high = 0x9F;  // surrogates
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    length = 4;
+    if (lead == 0xF0) low = 0x90;   // overlong
+    if (lead == 0xF4) high = 0x8F;  // past U+10FFFF
+  } else {
+    return 0;
+  }
+  if (n < length || s[1] < low || s[1] > high) return 0;
+  for (std::size_t i = 2; i < length; ++i) {
+    if (!is_continuation(s[i])) return 0;
+  }
+  return length;
+}
+
+}  // namespace
+
+std::size_t valid_utf8_prefix(std::string_view text) {
+  auto s = reinterpret_cast<const unsigned char*>(text.data());
+  std::size_t n = text.size(), i = 0;
+  constexpr uint64_t kHighBits = 0x8080808080808080ull;
+  while (i < n) {
+    // Most text is ASCII: skip it eight bytes at a time.
+    if (i + 8 <= n) {
+      uint64_t word;
+      std::memcpy(&word, s + i, sizeof(word));
+      if ((word & kHighBits) == 0) {
+        i += 8;
+        continue;
+      }
+    }
+    if (s[i] < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t length = utf8_sequence_length(s + i, n - i);
+    if (length == 0) return i;
+    i += length;
+  }
+  return n;
+}
+
+}  // namespace lmtune
