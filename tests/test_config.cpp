@@ -159,8 +159,12 @@ TEST_F(ConfigTest, RequiredKeys) {
   EXPECT_NE(errors[0].find("data.train: is required"), std::string::npos);
   EXPECT_NE(errors[1].find("model.path: is required with model.init: pretrained"),
             std::string::npos);
-  EXPECT_TRUE(problems(write("r.json", R"({"model": {"init": "random"}, "data": {"train": "t"}})"))
+  EXPECT_TRUE(problems(write("r.json", R"({"model": {"init": "random", "tokenizer": "tok"},
+                                           "data": {"train": "t"}})"))
                   .empty());
+  auto no_tokenizer = problems(write("n.json", R"({"model": {"init": "random"}, "data": {"train": "t"}})"));
+  ASSERT_EQ(no_tokenizer.size(), 1u);
+  EXPECT_NE(no_tokenizer[0].find("model.tokenizer: is required"), std::string::npos);
 }
 
 TEST_F(ConfigTest, ParseErrorsNameFileLineAndColumn) {

@@ -6,5 +6,10 @@
 namespace lmtune::cli {
 
 void add_config_command(CLI::App& app);
+void add_generate_command(CLI::App& app);
+void add_train_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+void add_prepare_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
 
 }  // namespace lmtune::cli

@@ -1,6 +1,6 @@
 // Entry point of `lmtune`: parses the command line and maps lmtune's errors to exit codes.
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include "commands.h"
 #include "lmtune/core/errors.h"
@@ -29,9 +29,14 @@ int main(int argc, char** argv) {
   CLI::App app{"lmtune: fine-tune GPT-2-style language models on one GPU"};
   app.require_subcommand(1);
   app.set_version_flag("--version", [] { return version_report(); });
-  app.add_flag_callback("-v,--verbose", [] { spdlog::set_level(spdlog::level::debug); },
-                        "Log debug messages");
+  app.add_flag_callback(
+      "-v,--verbose", [] { spdlog::set_level(spdlog::level::debug); }, "Log debug messages");
   cli::add_config_command(app);
+  cli::add_generate_command(app);
+  cli::add_train_command(app);
+  cli::add_eval_command(app);
+  cli::add_prepare_command(app);
+  cli::add_tokenize_command(app);
 
   try {
     app.parse(argc, argv);

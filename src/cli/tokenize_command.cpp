@@ -40,7 +40,8 @@ nlohmann::json bench(const std::string& dir, const std::string& text, int repeat
     auto tokenizer = load_tokenizer(dir);
     auto start = std::chrono::steady_clock::now();
     tokens = tokenizer->encode(text).size();
-    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (r == 0 || seconds < best) best = seconds;
   }
   return {{"bytes", text.size()},

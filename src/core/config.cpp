@@ -449,6 +449,10 @@ void check_cross_key_rules(const Config& c, Problems& p) {
     p.add("data.train", "is required: the training data file (.txt or .jsonl)");
   if (c.model.init == ModelInit::kPretrained && c.model.path.empty() && p.ok("model.path"))
     p.add("model.path", "is required with model.init: pretrained (or set model.init: random)");
+  if (c.model.init == ModelInit::kRandom && c.model.path.empty() && c.model.tokenizer.empty() &&
+      p.ok("model.tokenizer"))
+    p.add("model.tokenizer", "is required with model.init: random and no model.path: the model "
+                             "needs a tokenizer");
   if (c.model.init == ModelInit::kRandom && c.model.n_embd % c.model.n_head != 0 &&
       p.ok("model.n_embd") && p.ok("model.n_head"))
     p.add("model.n_embd", "must be divisible by model.n_head (" + std::to_string(c.model.n_head) +
@@ -458,7 +462,7 @@ void check_cross_key_rules(const Config& c, Problems& p) {
   if (c.train.min_lr > c.train.lr && p.ok("train.min_lr") && p.ok("train.lr"))
     p.add("train.min_lr", "must not exceed train.lr (" + format_number(c.train.lr) + "), got " +
                               format_number(c.train.min_lr));
-  if (c.train.warmup_steps > c.train.max_steps && p.ok("train.warmup_steps") &&
+  if (c.train.epochs == 0 && c.train.warmup_steps > c.train.max_steps && p.ok("train.warmup_steps") &&
       p.ok("train.max_steps"))
     p.add("train.warmup_steps", "must not exceed train.max_steps (" +
                                     std::to_string(c.train.max_steps) + "), got " +

@@ -1,6 +1,5 @@
-// Reading byte-level BPE vocabularies: GPT-2's vocab.json + merges.txt, and Hugging Face's tokenizer.json.
-#include <set>
-
+// Reading byte-level BPE vocabularies: GPT-2's vocab.json + merges.txt, and Hugging Face's
+// tokenizer.json.
 #include "bpe_tokenizer.h"
 #include "lmtune/core/errors.h"
 #include "tokenizer_files.h"
@@ -32,14 +31,21 @@ std::unordered_map<std::string, int32_t> read_vocab(const json& tree, const fs::
   if (!tree.is_object())
     throw InputError(file.string(), where + "expected an object mapping tokens to ids");
   std::unordered_map<std::string, int32_t> tokens;
-  std::set<int64_t> seen;
+  tokens.reserve(tree.size());
+  std::vector<bool> seen;
   for (const auto& [spelling, value] : tree.items()) {
-    if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > kMaxTokenId)
+    if (!value.is_number_integer() || value.get<int64_t>() < 0 ||
+        value.get<int64_t>() > kMaxTokenId)
       throw InputError(file.string(), where + "token '" + spelling + "' has id " + value.dump() +
-                                          "; expected an integer from 0 to " + std::to_string(kMaxTokenId));
-    if (!seen.insert(value.get<int64_t>()).second)
-      throw InputError(file.string(), where + "id " + value.dump() + " is given to more than one token");
-    tokens.emplace(spelling, value.get<int32_t>());
+                                          "; expected an integer from 0 to " +
+                                          std::to_string(kMaxTokenId));
+    auto id = value.get<std::size_t>();
+    if (id >= seen.size()) seen.resize(std::max(id + 1, 2 * seen.size()));
+    if (seen[id])
+      throw InputError(file.string(),
+                       where + "id " + value.dump() + " is given to more than one token");
+    seen[id] = true;
+    tokens.emplace(spelling, static_cast<int32_t>(id));
   }
   return tokens;
 }
@@ -49,8 +55,8 @@ BpeMerge resolve_merge(const std::string& left, const std::string& right,
                        const std::unordered_map<std::string, int32_t>& tokens, const fs::path& file,
                        const std::string& where, const std::string& vocab_name) {
   BpeMerge merge;
-  const std::pair<const std::string*, int32_t*> parts[] = {
-      {&left, &merge.left}, {&right, &merge.right}};
+  const std::pair<const std::string*, int32_t*> parts[] = {{&left, &merge.left},
+                                                           {&right, &merge.right}};
   for (const auto& [spelling, id] : parts) {
     auto it = tokens.find(*spelling);
     if (it == tokens.end())
@@ -83,9 +89,10 @@ std::vector<BpeMerge> read_merges_txt(const fs::path& file,
     std::size_t space = line.find(' ');
     if (space == 0 || space == std::string::npos || space + 1 == line.size() ||
         line.find(' ', space + 1) != std::string::npos)
-      throw InputError(file.string(), where + "expected two tokens separated by one space, got '" + line + "'");
-    merges.push_back(
-        resolve_merge(line.substr(0, space), line.substr(space + 1), tokens, file, where, "vocab.json"));
+      throw InputError(file.string(),
+                       where + "expected two tokens separated by one space, got '" + line + "'");
+    merges.push_back(resolve_merge(line.substr(0, space), line.substr(space + 1), tokens, file,
+                                   where, "vocab.json"));
   }
   return merges;
 }
@@ -93,7 +100,8 @@ std::vector<BpeMerge> read_merges_txt(const fs::path& file,
 // tokenizer.json's model.merges: "left right" strings (older files) or ["left", "right"] pairs.
 std::vector<BpeMerge> read_json_merges(const json& tree, const fs::path& file,
                                        const std::unordered_map<std::string, int32_t>& tokens) {
-  if (!tree.is_array()) throw InputError(file.string(), "model.merges: expected a list of merge rules");
+  if (!tree.is_array())
+    throw InputError(file.string(), "model.merges: expected a list of merge rules");
   std::vector<BpeMerge> merges;
   merges.reserve(tree.size());
   for (std::size_t i = 0; i < tree.size(); ++i) {
@@ -112,7 +120,9 @@ std::vector<BpeMerge> read_json_merges(const json& tree, const fs::path& file,
       right = rule[1].get<std::string>();
     }
     if (left.empty() || right.empty())
-      throw InputError(file.string(), where + "expected \"left right\" or [\"left\", \"right\"], got " + rule.dump());
+      throw InputError(
+          file.string(),
+          where + "expected \"left right\" or [\"left\", \"right\"], got " + rule.dump());
     merges.push_back(resolve_merge(left, right, tokens, file, where, "model.vocab"));
   }
   return merges;
@@ -130,7 +140,8 @@ std::vector<SpecialToken> read_added_tokens(const json& tree, const fs::path& fi
               entry.contains("content") && entry["content"].is_string();
     if (!ok)
       throw InputError(file.string(), "added_tokens[" + std::to_string(i) +
-                                          "]: expected {\"id\": ID, \"content\": TEXT, ...}, got " + entry.dump());
+                                          "]: expected {\"id\": ID, \"content\": TEXT, ...}, got " +
+                                          entry.dump());
     added.push_back({entry["content"].get<std::string>(), entry["id"].get<int64_t>()});
   }
   return added;
@@ -138,21 +149,25 @@ std::vector<SpecialToken> read_added_tokens(const json& tree, const fs::path& fi
 
 // GPT-2's vocab.json lists <|endoftext|> as an ordinary token; tokenizer_config.json may name
 // other special tokens, in its added_tokens_decoder or as bos/eos/unk/pad tokens.
-std::vector<SpecialToken> configured_special_tokens(const std::unordered_map<std::string, int32_t>& tokens,
-                                                    const std::vector<fs::path>& config_files) {
+std::vector<SpecialToken> configured_special_tokens(
+    const std::unordered_map<std::string, int32_t>& tokens,
+    const std::vector<fs::path>& config_files) {
   std::vector<std::string> texts = {kEndOfText};
   std::vector<SpecialToken> special;
   for (const auto& file : config_files) {
     json config = read_tokenizer_json(file);
     if (!config.is_object()) throw InputError(file.string(), "expected a JSON object");
     for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token"}) {
-      if (auto text = config.contains(key) ? special_token_text(config[key]) : std::nullopt) texts.push_back(*text);
+      if (auto text = config.contains(key) ? special_token_text(config[key]) : std::nullopt)
+        texts.push_back(*text);
     }
     for (const auto& [id, entry] : member(config, "added_tokens_decoder").items()) {
       auto text = special_token_text(entry);
-      bool numeric = !id.empty() && id.size() < 9 && id.find_first_not_of("0123456789") == std::string::npos;
+      bool numeric =
+          !id.empty() && id.size() < 9 && id.find_first_not_of("0123456789") == std::string::npos;
       if (!text || !numeric || std::stoll(id) > kMaxTokenId)
-        throw InputError(file.string(), "added_tokens_decoder." + id + ": expected an id and {\"content\": TEXT}");
+        throw InputError(file.string(),
+                         "added_tokens_decoder." + id + ": expected an id and {\"content\": TEXT}");
       special.push_back({*text, std::stoll(id)});
     }
   }
@@ -163,13 +178,21 @@ std::vector<SpecialToken> configured_special_tokens(const std::unordered_map<std
 }
 
 // The id of the configured EOS token, else of <|endoftext|>, among the tokens.
-std::optional<int64_t> find_eos(const BpeVocabulary& vocabulary, const std::vector<fs::path>& config_files) {
-  std::string eos = configured_eos_token(config_files).value_or(kEndOfText);
+std::optional<int64_t> find_eos(const BpeVocabulary& vocabulary,
+                                const std::vector<fs::path>& config_files) {
+  auto configured = configured_value(config_files, "eos_token");
+  std::string eos = configured ? special_token_text(*configured).value_or(kEndOfText) : kEndOfText;
   for (const auto& token : vocabulary.added) {
     if (token.text == eos) return token.id;
   }
   if (auto it = vocabulary.tokens.find(eos); it != vocabulary.tokens.end()) return it->second;
   return std::nullopt;
+}
+
+// transformers lets tokenizer_config.json's add_prefix_space override the tokenizer files.
+bool add_prefix_space(bool in_tokenizer_file, const std::vector<fs::path>& config_files) {
+  auto configured = configured_value(config_files, "add_prefix_space");
+  return configured && configured->is_boolean() ? configured->get<bool>() : in_tokenizer_file;
 }
 
 // Whether `value` is absent, null or equal to `neutral` (the setting lmtune implements).
@@ -184,11 +207,13 @@ BpeVocabulary read_gpt2_vocabulary(const fs::path& dir) {
   BpeVocabulary vocabulary;
   vocabulary.vocab_file = dir / "vocab.json";
   fs::path merges_file = dir / "merges.txt";
-  vocabulary.tokens = read_vocab(read_tokenizer_json(vocabulary.vocab_file), vocabulary.vocab_file, "");
+  vocabulary.tokens =
+      read_vocab(read_tokenizer_json(vocabulary.vocab_file), vocabulary.vocab_file, "");
   vocabulary.merges = read_merges_txt(merges_file, vocabulary.tokens);
   auto config_files = tokenizer_config_files(dir);
   vocabulary.added = configured_special_tokens(vocabulary.tokens, config_files);
   vocabulary.eos_id = find_eos(vocabulary, config_files);
+  vocabulary.add_prefix_space = add_prefix_space(false, config_files);
   vocabulary.files = {vocabulary.vocab_file, merges_file};
   vocabulary.files.insert(vocabulary.files.end(), config_files.begin(), config_files.end());
   return vocabulary;
@@ -198,9 +223,11 @@ std::optional<std::string> unsupported_tokenizer_json(const json& tree) {
   if (!tree.is_object() || !tree.contains("model") || !tree["model"].is_object())
     return "expected an object with a \"model\" object";
   const json& model = tree["model"];
-  if (!is_default(model, "type", "BPE")) return "model.type " + model["type"].dump() + " is not BPE";
+  if (!is_default(model, "type", "BPE"))
+    return "model.type " + model["type"].dump() + " is not BPE";
   if (!is_default(model, "dropout", 0.0)) return "model.dropout is set";
-  if (!is_default(model, "continuing_subword_prefix", "")) return "model.continuing_subword_prefix is set";
+  if (!is_default(model, "continuing_subword_prefix", ""))
+    return "model.continuing_subword_prefix is set";
   if (!is_default(model, "end_of_word_suffix", "")) return "model.end_of_word_suffix is set";
   if (!is_default(model, "byte_fallback", false)) return "model.byte_fallback is set";
   if (!is_default(model, "ignore_merges", false)) return "model.ignore_merges is set";
@@ -213,16 +240,17 @@ std::optional<std::string> unsupported_tokenizer_json(const json& tree) {
 
 BpeVocabulary read_tokenizer_json_vocabulary(const json& tree, const fs::path& file) {
   if (auto problem = unsupported_tokenizer_json(tree))
-    throw InputError(file.string(), "lmtune reads byte-level BPE tokenizers such as GPT-2's, but " +
-                                        *problem);
+    throw InputError(file.string(),
+                     "lmtune reads byte-level BPE tokenizers such as GPT-2's, but " + *problem);
   BpeVocabulary vocabulary;
   vocabulary.vocab_file = file;
   const json& model = tree["model"];
   vocabulary.tokens = read_vocab(member(model, "vocab"), file, "model.vocab");
   vocabulary.merges = read_json_merges(member(model, "merges"), file, vocabulary.tokens);
   vocabulary.added = read_added_tokens(member(tree, "added_tokens"), file);
-  vocabulary.add_prefix_space = tree["pre_tokenizer"].value("add_prefix_space", false);
   auto config_files = tokenizer_config_files(file.parent_path());
+  vocabulary.add_prefix_space =
+      add_prefix_space(tree["pre_tokenizer"].value("add_prefix_space", false), config_files);
   vocabulary.eos_id = find_eos(vocabulary, config_files);
   vocabulary.files = {file};
   vocabulary.files.insert(vocabulary.files.end(), config_files.begin(), config_files.end());

@@ -11,10 +11,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Past this many distinct cached pieces the cache starts again, which bounds its memory
-// (about 100 bytes per piece) on text that never repeats itself.
-constexpr std::size_t kMaxCachedPieces = 1 << 18;
-
 // GPT-2 spells every byte as a printable character, so that tokens are readable strings: bytes
 // printable in Latin-1 stand for themselves, the others (controls, space, ...) take U+0100 on, in
 // byte order. 'Ġ' (U+0120) is the space byte.
@@ -67,32 +63,14 @@ std::optional<std::string> spelling_to_bytes(const std::string& spelling) {
   return bytes;
 }
 
-uint64_t pair_key(int32_t left, int32_t right) {
-  return static_cast<uint64_t>(left) << 32 | static_cast<uint32_t>(right);
-}
-
 }  // namespace
-
-// Ids of the pieces already merged. Text reuses few distinct words, so after the first pages
-// almost every piece is found here and BPE never runs.
-struct BpeTokenizer::WordCache {
-  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> spans;  // piece -> offset, count
-  std::vector<int64_t> ids;                                              // the spans' ids
-  std::string key;  // reused for lookups, so a lookup allocates nothing
-
-  void clear_if_full() {
-    if (spans.size() < kMaxCachedPieces) return;
-    spans.clear();
-    ids.clear();
-  }
-};
 
 BpeTokenizer::BpeTokenizer(BpeVocabulary vocabulary)
     : specials_(std::move(vocabulary.added)),
+      rules_(vocabulary.merges),
       eos_id_(vocabulary.eos_id),
       add_prefix_space_(vocabulary.add_prefix_space),
-      files_(std::move(vocabulary.files)),
-      cache_(std::make_unique<WordCache>()) {
+      files_(std::move(vocabulary.files)) {
   int64_t size = 0;
   for (const auto& [spelling, id] : vocabulary.tokens) size = std::max<int64_t>(size, id + 1);
   for (const auto& token : specials_.tokens()) size = std::max(size, token.id + 1);
@@ -116,12 +94,6 @@ BpeTokenizer::BpeTokenizer(BpeVocabulary vocabulary)
                            " ('" + utf8(alphabet[byte]) + "') has none");
     byte_ids_[byte] = it->second;
   }
-  rules_.reserve(vocabulary.merges.size());
-  for (std::size_t rank = 0; rank < vocabulary.merges.size(); ++rank) {
-    const BpeMerge& m = vocabulary.merges[rank];
-    // A rule listed twice keeps its later rank, as Hugging Face's tokenizers do.
-    rules_[pair_key(m.left, m.right)] = Rule{static_cast<int32_t>(rank), m.merged};
-  }
 }
 
 BpeTokenizer::~BpeTokenizer() = default;
@@ -130,8 +102,8 @@ std::vector<int64_t> BpeTokenizer::encode(std::string_view text) const {
   std::vector<int64_t> ids;
   ids.reserve(text.size() / 3);  // English runs at about 4 bytes per token
   std::unique_lock<std::mutex> lock(cache_mutex_, std::try_to_lock);
-  WordCache own_cache;
-  WordCache& cache = lock.owns_lock() ? *cache_ : own_cache;
+  std::optional<WordCache> own_cache;
+  WordCache& cache = lock.owns_lock() ? cache_ : own_cache.emplace();
   specials_.split(
       text, [&](std::string_view stretch) { encode_text(stretch, cache, ids); },
       [&](int64_t id) { ids.push_back(id); });
@@ -140,7 +112,8 @@ std::vector<int64_t> BpeTokenizer::encode(std::string_view text) const {
 
 // Encodes text that holds no special token. Bytes that are not valid UTF-8 cannot take part in
 // the pattern's character classes; each becomes its own byte token, so any input round-trips.
-void BpeTokenizer::encode_text(std::string_view text, WordCache& cache, std::vector<int64_t>& ids) const {
+void BpeTokenizer::encode_text(std::string_view text, WordCache& cache,
+                               std::vector<int64_t>& ids) const {
   std::string prefixed;
   if (add_prefix_space_ && text.front() != ' ') {
     prefixed = " " + std::string(text);
@@ -156,28 +129,20 @@ void BpeTokenizer::encode_text(std::string_view text, WordCache& cache, std::vec
   }
 }
 
-void BpeTokenizer::encode_piece(std::string_view piece, WordCache& cache, std::vector<int64_t>& ids) const {
+void BpeTokenizer::encode_piece(std::string_view piece, WordCache& cache,
+                                std::vector<int64_t>& ids) const {
   if (piece.size() == 1) {  // punctuation, newlines: no merge can apply
     ids.push_back(byte_ids_[static_cast<unsigned char>(piece[0])]);
     return;
   }
-  cache.key.assign(piece.data(), piece.size());
-  if (auto hit = cache.spans.find(cache.key); hit != cache.spans.end()) {
-    auto [offset, count] = hit->second;
-    ids.insert(ids.end(), cache.ids.begin() + offset, cache.ids.begin() + offset + count);
+  if (piece.size() > WordCache::kMaxPieceLength) {
+    merge(piece, ids);
     return;
   }
+  if (cache.find(piece, ids)) return;
   std::size_t start = ids.size();
   merge(piece, ids);
-  cache.clear_if_full();
-  auto offset = static_cast<uint32_t>(cache.ids.size());
-  cache.ids.insert(cache.ids.end(), ids.begin() + start, ids.end());
-  cache.spans.emplace(cache.key, std::make_pair(offset, static_cast<uint32_t>(ids.size() - start)));
-}
-
-const BpeTokenizer::Rule* BpeTokenizer::find_rule(int32_t left, int32_t right) const {
-  auto it = rules_.find(pair_key(left, right));
-  return it == rules_.end() ? nullptr : &it->second;
+  cache.insert(piece, ids.data() + start, ids.size() - start);
 }
 
 // Starts from one token per byte and applies the lowest-ranked rule that matches an adjacent
@@ -191,9 +156,10 @@ void BpeTokenizer::merge(std::string_view piece, std::vector<int64_t>& ids) cons
   };
   struct Candidate {
     int32_t rank;
-    int32_t left;      // index of the left symbol
-    int32_t left_id;   // ids when the pair was seen: a merge since then makes the entry stale
+    int32_t left;     // index of the left symbol
+    int32_t left_id;  // ids when the pair was seen: a merge since then makes the entry stale
     int32_t right_id;
+    int32_t merged;
     bool operator>(const Candidate& other) const {
       return rank != other.rank ? rank > other.rank : left > other.left;
     }
@@ -206,8 +172,8 @@ void BpeTokenizer::merge(std::string_view piece, std::vector<int64_t>& ids) cons
   auto consider = [&](int32_t left) {
     if (left < 0 || symbols[left].next < 0) return;
     const Symbol& right = symbols[symbols[left].next];
-    if (const Rule* rule = find_rule(symbols[left].id, right.id))
-      heap.push({rule->rank, left, symbols[left].id, right.id});
+    if (const MergeTable::Rule* rule = rules_.find(symbols[left].id, right.id))
+      heap.push({rule->rank, left, symbols[left].id, right.id, rule->merged});
   };
   for (int32_t i = 0; i + 1 < n; ++i) consider(i);
   while (!heap.empty()) {
@@ -216,7 +182,7 @@ void BpeTokenizer::merge(std::string_view piece, std::vector<int64_t>& ids) cons
     Symbol& left = symbols[top.left];
     if (left.id != top.left_id || left.next < 0 || symbols[left.next].id != top.right_id) continue;
     Symbol& right = symbols[left.next];
-    left.id = find_rule(top.left_id, top.right_id)->merged;
+    left.id = top.merged;
     left.next = right.next;
     if (right.next >= 0) symbols[right.next].prev = top.left;
     right.id = -1;
@@ -230,7 +196,8 @@ std::string BpeTokenizer::decode(const std::vector<int64_t>& ids) const {
   std::string text;
   for (int64_t id : ids) {
     if (id < 0 || id >= vocab_size() || !defined_[id])
-      throw Error("cannot decode token id " + std::to_string(id) + ": the tokenizer has no such token (vocabulary size " +
+      throw Error("cannot decode token id " + std::to_string(id) +
+                  ": the tokenizer has no such token (vocabulary size " +
                   std::to_string(vocab_size()) + ")");
     text += token_bytes_[id];
   }
@@ -239,8 +206,9 @@ std::string BpeTokenizer::decode(const std::vector<int64_t>& ids) const {
 
 void BpeTokenizer::save(const fs::path& dir) const {
   copy_tokenizer_files(files_, dir);
-  bool has_config = std::any_of(files_.begin(), files_.end(),
-                                [](const fs::path& f) { return f.filename() == kTokenizerConfigFile; });
+  bool has_config = std::any_of(files_.begin(), files_.end(), [](const fs::path& f) {
+    return f.filename() == kTokenizerConfigFile;
+  });
   if (has_config) return;
   // Without a config.json beside it, transformers picks the tokenizer class from this file.
   nlohmann::json config = {{"tokenizer_class", "GPT2Tokenizer"}};
@@ -250,7 +218,8 @@ void BpeTokenizer::save(const fs::path& dir) const {
   }
   std::ofstream out(dir / kTokenizerConfigFile);
   out << config.dump(2) << "\n";
-  if (!out) throw Error((dir / kTokenizerConfigFile).string() + ": cannot write the tokenizer config");
+  if (!out)
+    throw Error((dir / kTokenizerConfigFile).string() + ": cannot write the tokenizer config");
 }
 
 }  // namespace lmtune

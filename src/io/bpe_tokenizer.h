@@ -1,10 +1,10 @@
-// Byte-level BPE exactly as GPT-2 encodes: its pre-tokenisation, then merges by rank within each piece.
+// Byte-level BPE exactly as GPT-2 encodes: its pre-tokenisation, then merges by rank within each
+// piece.
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <filesystem>
-#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -13,18 +13,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bpe_tables.h"
 #include "gpt2_pretokenizer.h"
 #include "lmtune/io/tokenizer.h"
 #include "special_tokens.h"
 
 namespace lmtune {
-
-// One merge rule, as token ids: left + right -> merged.
-struct BpeMerge {
-  int32_t left = 0;
-  int32_t right = 0;
-  int32_t merged = 0;
-};
 
 // A byte-level BPE tokenizer as its files describe it, checked against itself.
 struct BpeVocabulary {
@@ -32,8 +26,8 @@ struct BpeVocabulary {
   std::vector<BpeMerge> merges;                     // by rank: the first applies first
   std::vector<SpecialToken> added;                  // recognised in text before pre-tokenisation
   std::optional<int64_t> eos_id;
-  bool add_prefix_space = false;  // a space is put before text that does not start with one
-  std::filesystem::path vocab_file;          // named in errors about the vocabulary
+  bool add_prefix_space = false;     // a space is put before text that does not start with one
+  std::filesystem::path vocab_file;  // named in errors about the vocabulary
   std::vector<std::filesystem::path> files;  // what save() copies
 };
 
@@ -63,29 +57,22 @@ class BpeTokenizer : public Tokenizer {
   void save(const std::filesystem::path& dir) const override;
 
  private:
-  struct Rule {
-    int32_t rank;
-    int32_t merged;
-  };
-  struct WordCache;
-
   void encode_text(std::string_view text, WordCache& cache, std::vector<int64_t>& ids) const;
   void encode_piece(std::string_view piece, WordCache& cache, std::vector<int64_t>& ids) const;
   void merge(std::string_view piece, std::vector<int64_t>& ids) const;
-  const Rule* find_rule(int32_t left, int32_t right) const;
 
   Gpt2Pretokenizer pretokenizer_;
   SpecialTokenSplitter specials_;
-  std::array<int32_t, 256> byte_ids_{};                // the token of each single byte
-  std::unordered_map<uint64_t, Rule> rules_;           // key: left id << 32 | right id
-  std::vector<std::string> token_bytes_;               // by id: the bytes the token stands for
-  std::vector<bool> defined_;                          // by id: whether the id has a token
+  std::array<int32_t, 256> byte_ids_{};  // the token of each single byte
+  MergeTable rules_;
+  std::vector<std::string> token_bytes_;  // by id: the bytes the token stands for
+  std::vector<bool> defined_;             // by id: whether the id has a token
   std::optional<int64_t> eos_id_;
   bool add_prefix_space_ = false;
   std::vector<std::filesystem::path> files_;
   // Encoding is const, so the cache is guarded; a thread that finds it busy uses its own.
   mutable std::mutex cache_mutex_;
-  std::unique_ptr<WordCache> cache_;
+  mutable WordCache cache_;
 };
 
 }  // namespace lmtune

@@ -1,4 +1,5 @@
-// GPT-2's pre-tokenisation: splits text into the pieces BPE merges within, with PCRE2 (and its JIT).
+// GPT-2's pre-tokenisation: splits text into the pieces BPE merges within, with PCRE2 (and its
+// JIT).
 #pragma once
 
 #include <memory>

@@ -1,8 +1,6 @@
 #include "lmtune/io/safetensors.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lmtune/core/errors.h"
+#include "lmtune/io/mapped_file.h"
 
 namespace lmtune {
 namespace fs = std::filesystem;
@@ -50,57 +49,26 @@ std::string system_error(const std::string& what) {
 
 }  // namespace
 
-class SafetensorsFile::Mapping {
- public:
-  explicit Mapping(const fs::path& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw InputError(path.string(), system_error("cannot open"));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      ::close(fd);
-      throw InputError(path.string(), system_error("cannot stat"));
-    }
-    size = static_cast<std::size_t>(st.st_size);
-    if (size > 0) {
-      void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (addr == MAP_FAILED) {
-        ::close(fd);
-        throw InputError(path.string(), system_error("cannot map"));
-      }
-      bytes = static_cast<const uint8_t*>(addr);
-    }
-    ::close(fd);
-  }
-  ~Mapping() {
-    if (bytes) ::munmap(const_cast<uint8_t*>(bytes), size);
-  }
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-
-  const uint8_t* bytes = nullptr;
-  std::size_t size = 0;
-};
-
 SafetensorsFile::SafetensorsFile(const fs::path& path)
-    : path_(path), mapping_(std::make_shared<Mapping>(path)) {
+    : path_(path), mapping_(std::make_shared<MappedFile>(path)) {
   auto fail = [&](const std::string& message) -> InputError {
     return InputError(path.string(), "not a valid safetensors file: " + message);
   };
-  if (mapping_->size < 8) throw fail("shorter than its 8-byte header length");
+  if (mapping_->size() < 8) throw fail("shorter than its 8-byte header length");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i)
-    header_len = (header_len << 8) | mapping_->bytes[i];  // little-endian
-  if (header_len > kMaxHeaderBytes || header_len > mapping_->size - 8)
+    header_len = (header_len << 8) | mapping_->bytes()[i];  // little-endian
+  if (header_len > kMaxHeaderBytes || header_len > mapping_->size() - 8)
     throw fail("header length " + std::to_string(header_len) + " exceeds the file size " +
-               std::to_string(mapping_->size) + " (truncated or corrupt)");
-  const char* header_begin = reinterpret_cast<const char*>(mapping_->bytes + 8);
+               std::to_string(mapping_->size()) + " (truncated or corrupt)");
+  const char* header_begin = reinterpret_cast<const char*>(mapping_->bytes() + 8);
   json header =
       json::parse(header_begin, header_begin + header_len, nullptr, /*allow_exceptions=*/false);
   if (header.is_discarded()) throw fail("its header is not valid JSON");
   if (!header.is_object()) throw fail("its header is not a JSON object");
 
-  data_ = mapping_->bytes + 8 + header_len;
-  const std::size_t data_size = mapping_->size - 8 - header_len;
+  data_ = mapping_->bytes() + 8 + header_len;
+  const std::size_t data_size = mapping_->size() - 8 - header_len;
   for (const auto& [name, info] : header.items()) {
     if (name == "__metadata__") {
       if (!info.is_object()) throw fail("__metadata__ is not an object");

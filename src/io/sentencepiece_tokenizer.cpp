@@ -49,7 +49,8 @@ std::string SentencePieceTokenizer::decode(const std::vector<int64_t>& ids) cons
   for (int64_t id : ids) {
     if (id < 0 || id >= vocab_size())
       throw Error("cannot decode token id " + std::to_string(id) +
-                  ": the tokenizer has no such token (vocabulary size " + std::to_string(vocab_size()) + ")");
+                  ": the tokenizer has no such token (vocabulary size " +
+                  std::to_string(vocab_size()) + ")");
     if (processor_->IsControl(static_cast<int>(id))) {
       flush();
       text += processor_->IdToPiece(static_cast<int>(id));  // SentencePiece would drop it
@@ -61,13 +62,17 @@ std::string SentencePieceTokenizer::decode(const std::vector<int64_t>& ids) cons
   return text;
 }
 
-int64_t SentencePieceTokenizer::vocab_size() const { return processor_->GetPieceSize(); }
+int64_t SentencePieceTokenizer::vocab_size() const {
+  return processor_->GetPieceSize();
+}
 
 std::optional<int64_t> SentencePieceTokenizer::eos_id() const {
   int id = processor_->eos_id();
   return id >= 0 ? std::optional<int64_t>(id) : std::nullopt;
 }
 
-void SentencePieceTokenizer::save(const fs::path& dir) const { copy_tokenizer_files(files_, dir); }
+void SentencePieceTokenizer::save(const fs::path& dir) const {
+  copy_tokenizer_files(files_, dir);
+}
 
 }  // namespace lmtune

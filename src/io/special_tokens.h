@@ -1,4 +1,5 @@
-// Finds added and special tokens (<|endoftext|>, <s>, ...) written in text, so they encode as one id.
+// Finds added and special tokens (<|endoftext|>, <s>, ...) written in text, so they encode as one
+// id.
 #pragma once
 
 #include <algorithm>
@@ -52,7 +53,8 @@ void SpecialTokenSplitter::split(std::string_view text, OnText&& on_text,
     on_special(token.id);
     pos = *first + token.text.size();
     for (std::size_t t = 0; t < tokens_.size(); ++t) {
-      if (next[t] != std::string_view::npos && next[t] < pos) next[t] = text.find(tokens_[t].text, pos);
+      if (next[t] != std::string_view::npos && next[t] < pos)
+        next[t] = text.find(tokens_[t].text, pos);
     }
   }
   if (pos < text.size()) on_text(text.substr(pos));

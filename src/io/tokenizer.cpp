@@ -29,11 +29,13 @@ std::unique_ptr<Tokenizer> load_from_files(const fs::path& dir) {
   if (fs::exists(vocab_json) || fs::exists(merges_txt)) {
     for (const auto& file : {vocab_json, merges_txt}) {
       if (!fs::exists(file))
-        throw InputError(file.string(), "missing: a GPT-2 tokenizer needs both vocab.json and merges.txt");
+        throw InputError(file.string(),
+                         "missing: a GPT-2 tokenizer needs both vocab.json and merges.txt");
     }
     return std::make_unique<BpeTokenizer>(read_gpt2_vocabulary(dir));
   }
-  if (fs::exists(sentencepiece_model)) return std::make_unique<SentencePieceTokenizer>(sentencepiece_model);
+  if (fs::exists(sentencepiece_model))
+    return std::make_unique<SentencePieceTokenizer>(sentencepiece_model);
   throw InputError(dir.string(), std::string("no tokenizer files: ") + kExpectedFiles);
 }
 
@@ -41,7 +43,8 @@ std::unique_ptr<Tokenizer> load_from_files(const fs::path& dir) {
 
 std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& dir) {
   if (!fs::is_directory(dir))
-    throw InputError(dir.string(), std::string("not a directory; ") + kExpectedFiles + " in a model directory");
+    throw InputError(dir.string(),
+                     std::string("not a directory; ") + kExpectedFiles + " in a model directory");
   try {
     return load_from_files(dir);
   } catch (const nlohmann::json::exception& e) {

@@ -28,9 +28,10 @@ json read_tokenizer_json(const fs::path& path) {
     // part from "parse error" on already says where.
     std::string message = e.what();
     auto start = message.find("parse error");
-    throw InputError(path.string(), "not valid JSON (" +
-                                        (start == std::string::npos ? message : message.substr(start)) +
-                                        "); the file may be truncated");
+    throw InputError(path.string(),
+                     "not valid JSON (" +
+                         (start == std::string::npos ? message : message.substr(start)) +
+                         "); the file may be truncated");
   }
 }
 
@@ -49,13 +50,11 @@ std::optional<std::string> special_token_text(const json& entry) {
   return std::nullopt;
 }
 
-std::optional<std::string> configured_eos_token(const std::vector<fs::path>& config_files) {
+std::optional<json> configured_value(const std::vector<fs::path>& config_files, const char* key) {
   for (const auto& file : config_files) {
     json config = read_tokenizer_json(file);
     if (!config.is_object()) throw InputError(file.string(), "expected a JSON object");
-    if (auto eos = config.find("eos_token"); eos != config.end()) {
-      if (auto text = special_token_text(*eos)) return text;
-    }
+    if (auto it = config.find(key); it != config.end() && !it->is_null()) return *it;
   }
   return std::nullopt;
 }
@@ -72,7 +71,9 @@ void copy_tokenizer_files(const std::vector<fs::path>& files, const fs::path& di
 
 namespace {
 
-bool is_continuation(unsigned char byte) { return (byte & 0xC0) == 0x80; }
+bool is_continuation(unsigned char byte) {
+  return (byte & 0xC0) == 0x80;
+}
 
 // Bytes in the UTF-8 sequence at the start of `s` (n bytes available), or 0 when it is invalid.
 // The ranges of the second byte are those of the Unicode standard's table of well-formed sequences.

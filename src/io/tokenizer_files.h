@@ -30,8 +30,9 @@ std::vector<std::filesystem::path> tokenizer_config_files(const std::filesystem:
 // {"content": "<s>", ...}; nullopt for null or any other shape.
 std::optional<std::string> special_token_text(const nlohmann::json& entry);
 
-// The "eos_token" that the first of `config_files` naming one declares.
-std::optional<std::string> configured_eos_token(const std::vector<std::filesystem::path>& config_files);
+// The value of `key` in the first of `config_files` that sets it (not null).
+std::optional<nlohmann::json> configured_value(
+    const std::vector<std::filesystem::path>& config_files, const char* key);
 
 // Copies each file into `dir` (created when missing); a file already in `dir` stays as it is.
 void copy_tokenizer_files(const std::vector<std::filesystem::path>& files,

@@ -19,3 +19,26 @@ def run_lmtune(*args, cwd=None, timeout=600):
 @pytest.fixture
 def lmtune():
     return run_lmtune
+
+
+def make_tiny_model(directory, seed=0, dropout=0.0, **shape):
+    """A random GPT-2 in HF layout, made and saved by transformers, with GPT-2's real tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = dict(n_layer=2, n_head=2, n_embd=32, n_positions=128, vocab_size=50257,
+                  resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    config.update(shape)
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(GPT2Config(**config)).save_pretrained(directory)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(SHARED_DIR / "data" / "gpt2-tokenizer" / name, Path(directory) / name)
+    return Path(directory)
+
+
+def shakespeare(chars):
+    """The first `chars` characters of tinyshakespeare, cut at a blank line."""
+    text = (SHARED_DIR / "data" / "tinyshakespeare.txt").read_text()[:chars]
+    return text[:text.rfind("\n\n")] + "\n"

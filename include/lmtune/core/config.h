@@ -63,6 +63,7 @@ struct RunConfig {
 
 struct ModelConfig {
   std::string path;  // Hugging Face model directory: config.json, model.safetensors, tokenizer
+  std::string tokenizer;  // tokenizer directory; empty = path
   ModelInit init = ModelInit::kPretrained;
   bool gradient_checkpointing = false;  // recompute each block in backward instead of storing it
   // Shape of a model trained from scratch (init: random); GPT-2 124M by default.
@@ -78,6 +79,10 @@ struct ModelConfig {
                   "Hugging Face model directory (config.json, model.safetensors and "
                   "tokenizer files). With init: random, only its tokenizer is used.")
                 .path());
+    v(tokenizer, Field("tokenizer",
+                       "Directory with the tokenizer files (vocab.json + merges.txt, "
+                       "tokenizer.json or tokenizer.model); empty means model.path.")
+                     .path());
     v(init, Field("init",
                   "pretrained loads the weights in path; random trains from scratch "
                   "with the shape below."));
@@ -93,17 +98,46 @@ struct ModelConfig {
   }
 };
 
+enum class Packing { kPack, kPad };
+template <>
+struct EnumNames<Packing> {
+  static constexpr EnumTable<Packing, 2> kTable{{{Packing::kPack, "pack"}, {Packing::kPad, "pad"}}};
+};
+
+enum class TxtDocuments { kBlankLines, kFile };
+template <>
+struct EnumNames<TxtDocuments> {
+  static constexpr EnumTable<TxtDocuments, 2> kTable{
+      {{TxtDocuments::kBlankLines, "blank_lines"}, {TxtDocuments::kFile, "file"}}};
+};
+
 struct DataConfig {
-  std::string train;            // training text: .txt or .jsonl
-  std::string validation;       // validation text; empty = split off validation_split of train
+  std::string train;            // training data: a .txt or .jsonl file, or a directory of them
+  std::string validation;       // validation data; empty = split off validation_split of train
   double validation_split = 0;  // fraction of the training documents held out for validation
   int64_t seq_len = 256;        // tokens per training window
+  Packing packing = Packing::kPack;
+  TxtDocuments txt_documents = TxtDocuments::kBlankLines;
+  std::string text_field = "text";              // .jsonl field of a plain document
+  std::string prompt_field = "prompt";          // .jsonl fields of a prompt/completion pair
+  std::string completion_field = "completion";
+  bool loss_on_prompt = false;  // prompt tokens carry loss too
+  bool strip_urls = false;
+  bool strip_html = false;
+  bool drop_control_chars = true;
+  int64_t min_chars = 0;        // documents shorter than this (after cleaning) are dropped
+  bool dedupe = true;           // drop exact duplicate documents
+  bool skip_bad_lines = false;  // skip invalid .jsonl lines (counted) instead of failing
+  std::string cache_dir;        // token cache; empty = <run.output_dir>/cache
 
   template <class V>
   void visit(V& v) {
-    v(train, Field("train", "Training data file (.txt or .jsonl). Required.").path());
+    v(train, Field("train",
+                   "Training data: a .txt or .jsonl file, or a directory of them (read in name "
+                   "order). Required.")
+                 .path());
     v(validation, Field("validation",
-                        "Validation data file; empty means none, or a split of "
+                        "Validation data (file or directory); empty means none, or a split of "
                         "train when validation_split is set.")
                       .path());
     v(validation_split,
@@ -112,11 +146,40 @@ struct DataConfig {
           .max(0.5));
     v(seq_len,
       Field("seq_len", "Tokens per training sequence; at most the model's n_positions.").min(2));
+    v(packing, Field("packing",
+                     "pack joins documents with end-of-text into full windows; pad gives each "
+                     "document its own windows, padded (padding carries no loss)."));
+    v(txt_documents, Field("txt_documents",
+                           "How a .txt file splits into documents: at blank lines, or one "
+                           "document per file."));
+    v(text_field, Field("text_field", "Field of a .jsonl line holding a plain document."));
+    v(prompt_field, Field("prompt_field", "Field of a .jsonl line holding a prompt."));
+    v(completion_field,
+      Field("completion_field", "Field of a .jsonl line holding the prompt's completion."));
+    v(loss_on_prompt, Field("loss_on_prompt",
+                            "Prompt tokens carry loss too (by default only completion tokens "
+                            "do)."));
+    v(strip_urls, Field("strip_urls", "Remove http(s):// and www. URLs from documents."));
+    v(strip_html, Field("strip_html", "Remove HTML tags from documents."));
+    v(drop_control_chars, Field("drop_control_chars",
+                                "Remove control characters other than newline and tab."));
+    v(min_chars, Field("min_chars", "Drop documents shorter than this many characters after "
+                                    "cleaning; 0 keeps all but empty ones.")
+                     .min(0));
+    v(dedupe, Field("dedupe", "Drop exact duplicate documents (by hash of their cleaned text)."));
+    v(skip_bad_lines, Field("skip_bad_lines",
+                            "Skip (and count) invalid .jsonl lines and lines missing their "
+                            "field, instead of stopping with an error."));
+    v(cache_dir, Field("cache_dir",
+                       "Token cache directory; empty means <run.output_dir>/cache. Reused "
+                       "while the data files, tokenizer and these options are unchanged.")
+                     .path());
   }
 };
 
 struct TrainConfig {
   int64_t max_steps = 1000;      // optimizer steps
+  int64_t epochs = 0;  // passes over the training data; > 0 replaces max_steps
   int64_t micro_batch_size = 8;  // sequences per forward/backward pass
   int64_t grad_accum_steps = 1;  // micro-batches per optimizer step
   Precision precision = Precision::kBf16;
@@ -132,7 +195,11 @@ struct TrainConfig {
 
   template <class V>
   void visit(V& v) {
-    v(max_steps, Field("max_steps", "Optimizer steps to train.").min(1));
+    v(max_steps, Field("max_steps", "Optimizer steps to train (unless epochs is set).").min(1));
+    v(epochs, Field("epochs",
+                    "Passes over the training data; when > 0 it sets the number of steps "
+                    "instead of max_steps.")
+                  .min(0));
     v(micro_batch_size, Field("micro_batch_size", "Sequences per forward/backward pass.").min(1));
     v(grad_accum_steps,
       Field("grad_accum_steps", "Micro-batches accumulated into one optimizer step.").min(1));
@@ -158,6 +225,7 @@ struct TrainConfig {
 struct EvalConfig {
   int64_t every_steps = 100;  // 0 = only at the end
   int64_t max_batches = 0;    // 0 = the whole validation set
+  int64_t patience = 0;       // stop after this many evaluations without improvement; 0 = never
 
   template <class V>
   void visit(V& v) {
@@ -167,6 +235,10 @@ struct EvalConfig {
                        .min(0));
     v(max_batches,
       Field("max_batches", "Validation batches per evaluation; 0 uses the whole set.").min(0));
+    v(patience, Field("patience",
+                      "Early stopping: stop when the validation loss has not improved for this "
+                      "many evaluations; 0 never stops early.")
+                    .min(0));
   }
 };
 

@@ -14,6 +14,8 @@
 
 namespace lmtune {
 
+class MappedFile;
+
 struct SafetensorsEntry {
   std::string name;
   torch::Dtype dtype;  // F32, F16 or BF16
@@ -35,9 +37,8 @@ class SafetensorsFile {
   torch::Tensor read(const SafetensorsEntry& entry) const;
 
  private:
-  class Mapping;
   std::filesystem::path path_;
-  std::shared_ptr<Mapping> mapping_;
+  std::shared_ptr<MappedFile> mapping_;
   const uint8_t* data_ = nullptr;  // start of the data section
   std::vector<SafetensorsEntry> entries_;
   std::map<std::string, std::string> metadata_;

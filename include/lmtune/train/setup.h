@@ -1,0 +1,29 @@
+// What `train`, `eval` and `prepare` share: the device, tokenizer, model and data a config names.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+
+#include <torch/torch.h>
+
+#include "lmtune/core/config.h"
+#include "lmtune/io/tokenizer.h"
+#include "lmtune/model/gpt2.h"
+
+namespace lmtune {
+
+// run.device resolved: auto is CUDA when a GPU is visible. UsageError for cuda without one.
+torch::Device resolve_device(Device device);
+
+// The tokenizer directory: model.tokenizer, else model.path.
+std::filesystem::path tokenizer_dir(const Config& config);
+
+// The token cache root: data.cache_dir, else <run.output_dir>/cache.
+std::filesystem::path cache_root(const Config& config);
+
+// The model a config names, in fp32 on `device`: loaded from model.path, or freshly initialised
+// from the shape keys and run.seed with model.init: random. Checks it fits the tokenizer and
+// data.seq_len.
+GPT2 build_model(const Config& config, const Tokenizer& tokenizer, torch::Device device);
+
+}  // namespace lmtune

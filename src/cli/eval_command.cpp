@@ -1,0 +1,46 @@
+// `lmtune eval CONFIG [--model DIR] [--set K=V]...`: validation loss and perplexity as one JSON
+// line.
+#include <iostream>
+
+#include "commands.h"
+#include "lmtune/core/errors.h"
+#include "lmtune/core/runtime.h"
+#include "lmtune/train/evaluate.h"
+#include "lmtune/train/setup.h"
+#include "options.h"
+
+namespace lmtune::cli {
+
+void add_eval_command(CLI::App& app) {
+  auto* command = app.add_subcommand("eval", "Evaluate a model on the config's validation data");
+  auto options = std::make_shared<ConfigOptions>();
+  auto model_dir = std::make_shared<std::string>();
+  add_config_options(*command, *options);
+  command->add_option("--model", *model_dir,
+                      "Model directory to evaluate instead of model.path (e.g. RUN/final)");
+  command->callback([options, model_dir] {
+    auto overrides = options->overrides();
+    if (!model_dir->empty()) {
+      overrides.push_back({"model.path", *model_dir});
+      overrides.push_back({"model.init", "pretrained"});
+    }
+    Config config = load_config(options->file, overrides);
+    set_threads(config.run.threads);
+    torch::Device device = resolve_device(config.run.device);
+    auto tokenizer = load_tokenizer(tokenizer_dir(config));
+    GPT2 model = build_model(config, *tokenizer, device);
+    PreparedData data = prepare_data(config.data, *tokenizer, cache_root(config));
+    if (data.validation.num_windows() == 0)
+      throw UsageError(options->file +
+                       ": no validation data: set data.validation or data.validation_split");
+    EvalResult result = evaluate(model, data.validation, config.train.micro_batch_size,
+                                 config.eval.max_batches, config.train.precision, device);
+    std::cout << nlohmann::json{{"loss", result.loss},
+                                {"perplexity", result.perplexity},
+                                {"tokens", result.tokens}}
+                     .dump()
+              << std::endl;
+  });
+}
+
+}  // namespace lmtune::cli

@@ -1,0 +1,30 @@
+// `lmtune prepare CONFIG [--set K=V]...`: builds (or reuses) the token cache without training.
+#include <iostream>
+
+#include "commands.h"
+#include "lmtune/core/config.h"
+#include "lmtune/core/runtime.h"
+#include "lmtune/data/dataset.h"
+#include "lmtune/io/tokenizer.h"
+#include "lmtune/train/setup.h"
+#include "options.h"
+
+namespace lmtune::cli {
+
+void add_prepare_command(CLI::App& app) {
+  auto* command = app.add_subcommand("prepare",
+                                     "Read, clean, tokenize and pack the data into the token "
+                                     "cache; prints the report as one JSON line");
+  auto options = std::make_shared<ConfigOptions>();
+  add_config_options(*command, *options);
+  command->callback([options] {
+    Config config = load_config(options->file, options->overrides());
+    set_threads(config.run.threads);
+    auto tokenizer = load_tokenizer(tokenizer_dir(config));
+    PreparedData data = prepare_data(config.data, *tokenizer, cache_root(config));
+    log_prepare_report(data.report);
+    std::cout << data.report.to_json().dump() << std::endl;
+  });
+}
+
+}  // namespace lmtune::cli

@@ -1,0 +1,228 @@
+#include "lmtune/data/token_cache.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include "lmtune/core/errors.h"
+#include "lmtune/data/hash.h"
+#include "lmtune/io/tokenizer.h"
+
+namespace lmtune {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// Text in many scripts, with digits, runs of white space and special-token spellings: two
+// tokenizers that encode it alike (and agree on the vocabulary size and end-of-text) are taken to
+// encode the data alike.
+constexpr std::string_view kTokenizerProbe =
+    "Hello, world! It's 2024: 3.14159 apples cost $12.50 (approx.).\n\n\tIndented,  twice  "
+    "spaced.\r\nGr\u00fc\u00dfe aus K\u00f6ln. \u0395\u03bb\u03bb\u03b7\u03bd\u03b9\u03ba\u03ac. "
+    "\u0420\u0443\u0441\u0441\u043a\u0438\u0439. \u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8"
+    "\u3002\u4e2d\u6587\u3002\ud55c\uad6d\uc5b4. \u0627\u0644\u0639\u0631\u0628\u064a\u0629. "
+    "\u0939\u093f\u0928\u094d\u0926\u0940. \U0001f642\U0001f44d <|endoftext|> <s></s> [CLS] "
+    "\u00a0\u200b end";
+
+// Buffered bytes written per system call.
+constexpr std::size_t kFlushBytes = 1 << 20;
+
+std::string system_error(const std::string& what) {
+  return what + ": " + std::strerror(errno);
+}
+
+int open_for_writing(const fs::path& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error(system_error("cannot create " + path.string()));
+  return fd;
+}
+
+void write_all(int fd, const fs::path& path, const uint8_t* data, std::size_t size) {
+  while (size > 0) {
+    ssize_t written = ::write(fd, data, size);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      throw Error(system_error("cannot write " + path.string()));
+    }
+    data += written;
+    size -= static_cast<std::size_t>(written);
+  }
+}
+
+void sync_and_close(int& fd, const fs::path& path) {
+  if (::fsync(fd) != 0) throw Error(system_error("cannot sync " + path.string()));
+  ::close(fd);
+  fd = -1;
+}
+
+json file_key(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(path.string(), system_error("cannot read"));
+  Hash64 hash;
+  std::vector<char> buffer(kFlushBytes);
+  int64_t bytes = 0;
+  while (in.read(buffer.data(), static_cast<std::streamsize>(buffer.size())) || in.gcount() > 0) {
+    hash.update(std::string_view(buffer.data(), static_cast<std::size_t>(in.gcount())));
+    bytes += in.gcount();
+  }
+  if (in.bad()) throw InputError(path.string(), "read error");
+  // The extension decides how the file is read, so it is part of what the tokens depend on.
+  return {{"type", path.extension().string()}, {"bytes", bytes}, {"hash", hash.hex()}};
+}
+
+json files_key(const std::vector<fs::path>& files) {
+  json list = json::array();
+  for (const auto& file : files) list.push_back(file_key(file));
+  return list;
+}
+
+json tokenizer_key(const Tokenizer& tokenizer) {
+  Hash64 probe;
+  for (int64_t id : tokenizer.encode(kTokenizerProbe)) probe.update_int(static_cast<uint64_t>(id));
+  auto eos = tokenizer.eos_id();
+  return {{"vocab_size", tokenizer.vocab_size()},
+          {"eos_id", eos ? json(*eos) : json(nullptr)},
+          {"probe", probe.hex()}};
+}
+
+// The data options as JSON, except the paths (their files are keyed by content). Visiting the
+// config rather than listing keys means a new option is part of the key from the day it is added.
+struct OptionsKey {
+  json options = json::object();
+
+  template <class T>
+  void operator()(T& value, const Field& field) {
+    if (field.is_path()) return;
+    if constexpr (IsConfigEnum<T>::value)
+      options[field.name()] = std::string(enum_name(value));
+    else
+      options[field.name()] = value;
+  }
+};
+
+}  // namespace
+
+json cache_key(const DataConfig& config, const std::vector<fs::path>& train_files,
+               const std::vector<fs::path>& validation_files, const Tokenizer& tokenizer) {
+  OptionsKey options;
+  DataConfig copy = config;
+  copy.visit(options);
+  return {{"format", kCacheFormat},
+          {"train", files_key(train_files)},
+          {"validation", files_key(validation_files)},
+          {"tokenizer", tokenizer_key(tokenizer)},
+          {"options", options.options}};
+}
+
+std::string cache_dir_name(const json& key) {
+  return "tokens-" + Hash64().update(key.dump()).hex();
+}
+
+fs::path tokens_file(const fs::path& dir, const std::string& split) {
+  return dir / (split + ".tokens");
+}
+
+fs::path mask_file(const fs::path& dir, const std::string& split) {
+  return dir / (split + ".mask");
+}
+
+SplitWriter::SplitWriter(const fs::path& dir, const std::string& split, int64_t seq_len,
+                         bool pad_documents, int64_t eos_id)
+    : tokens_path_(tokens_file(dir, split)),
+      mask_path_(mask_file(dir, split)),
+      seq_len_(seq_len),
+      pad_documents_(pad_documents),
+      eos_id_(eos_id) {
+  tokens_fd_ = open_for_writing(tokens_path_);
+  mask_fd_ = open_for_writing(mask_path_);
+  push(eos_id_, /*loss=*/false);
+}
+
+SplitWriter::~SplitWriter() {
+  if (tokens_fd_ >= 0) ::close(tokens_fd_);
+  if (mask_fd_ >= 0) ::close(mask_fd_);
+}
+
+void SplitWriter::add(const std::vector<int64_t>& prompt, const std::vector<int64_t>& text,
+                      bool prompt_loss) {
+  for (int64_t id : prompt) push(id, prompt_loss);
+  for (int64_t id : text) push(id, /*loss=*/true);
+  push(eos_id_, /*loss=*/true);  // the model learns where a document ends
+  tokens_ += static_cast<int64_t>(prompt.size() + text.size()) + 1;
+  if (pad_documents_) pad_to_window();
+}
+
+void SplitWriter::finish() {
+  pad_to_window();
+  flush();
+  sync_and_close(tokens_fd_, tokens_path_);
+  sync_and_close(mask_fd_, mask_path_);
+}
+
+void SplitWriter::push(int64_t id, bool loss) {
+  if (id < 0 || id > int64_t{0xffffffff})
+    throw Error("the tokenizer produced id " + std::to_string(id) +
+                ", outside the token cache's uint32 range");
+  for (int shift = 0; shift < 32; shift += 8)
+    token_bytes_.push_back(static_cast<uint8_t>((static_cast<uint64_t>(id) >> shift) & 0xff));
+  mask_bytes_.push_back(loss ? 1 : 0);
+  ++length_;
+  if (token_bytes_.size() >= kFlushBytes) flush();
+}
+
+void SplitWriter::pad_to_window() {
+  while ((length_ - 1) % seq_len_ != 0) push(eos_id_, /*loss=*/false);
+}
+
+void SplitWriter::flush() {
+  write_all(tokens_fd_, tokens_path_, token_bytes_.data(), token_bytes_.size());
+  write_all(mask_fd_, mask_path_, mask_bytes_.data(), mask_bytes_.size());
+  token_bytes_.clear();
+  mask_bytes_.clear();
+}
+
+void write_synced(const fs::path& path, const std::string& text) {
+  int fd = open_for_writing(path);
+  try {
+    write_all(fd, path, reinterpret_cast<const uint8_t*>(text.data()), text.size());
+    sync_and_close(fd, path);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+}
+
+fs::path make_build_dir(const fs::path& cache_root, const std::string& name) {
+  std::error_code error;
+  fs::create_directories(cache_root, error);
+  if (error)
+    throw Error("cannot create the cache directory " + cache_root.string() + ": " +
+                error.message());
+  // The process id keeps two concurrent prepares of the same data apart.
+  fs::path dir = cache_root / (".build-" + name + "-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directory(dir);
+  return dir;
+}
+
+void publish_cache(const fs::path& build_dir, const fs::path& final_dir) {
+  if (::rename(build_dir.c_str(), final_dir.c_str()) != 0) {
+    if (errno != EEXIST && errno != ENOTEMPTY)
+      throw Error(
+          system_error("cannot rename " + build_dir.string() + " to " + final_dir.string()));
+    fs::remove_all(build_dir);  // another prepare published the same cache first
+    return;
+  }
+  // Syncing the parent makes the rename itself durable; a failure only risks a rebuild.
+  int fd = ::open(final_dir.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+}  // namespace lmtune

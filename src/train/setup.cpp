@@ -1,0 +1,57 @@
+#include "lmtune/train/setup.h"
+
+#include "lmtune/core/errors.h"
+
+namespace lmtune {
+namespace fs = std::filesystem;
+
+torch::Device resolve_device(Device device) {
+  bool cuda = torch::cuda::is_available();
+  if (device == Device::kCuda && !cuda)
+    throw UsageError(
+        "run.device: cuda was asked for but no CUDA device is visible; use auto or cpu");
+  if (device == Device::kCpu || !cuda) return torch::kCPU;
+  return torch::kCUDA;
+}
+
+fs::path tokenizer_dir(const Config& config) {
+  return config.model.tokenizer.empty() ? config.model.path : config.model.tokenizer;
+}
+
+fs::path cache_root(const Config& config) {
+  return config.data.cache_dir.empty() ? fs::path(config.run.output_dir) / "cache"
+                                       : fs::path(config.data.cache_dir);
+}
+
+GPT2 build_model(const Config& config, const Tokenizer& tokenizer, torch::Device device) {
+  GPT2 model{nullptr};
+  std::string origin;
+  if (config.model.init == ModelInit::kPretrained) {
+    model = load_gpt2(config.model.path, device);
+    origin = config.model.path;
+  } else {
+    GPT2Config shape;
+    shape.n_layer = config.model.n_layer;
+    shape.n_head = config.model.n_head;
+    shape.n_embd = config.model.n_embd;
+    shape.n_positions = config.model.n_positions;
+    shape.vocab_size = config.model.vocab_size;
+    if (auto eos = tokenizer.eos_id()) shape.bos_token_id = shape.eos_token_id = *eos;
+    model = GPT2(shape);
+    model->init_weights(static_cast<uint64_t>(config.run.seed));
+    model->to(device);
+    origin = "model.vocab_size";
+  }
+  const auto& c = model->config();
+  if (tokenizer.vocab_size() > c.vocab_size)
+    throw InputError(origin, "the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
+                                 " tokens but the model's vocabulary only " +
+                                 std::to_string(c.vocab_size));
+  if (config.data.seq_len > c.n_positions)
+    throw ConfigError({"data.seq_len: must not exceed the model's n_positions (" +
+                       std::to_string(c.n_positions) + "), got " +
+                       std::to_string(config.data.seq_len)});
+  return model;
+}
+
+}  // namespace lmtune
