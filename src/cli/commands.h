@@ -5,6 +5,7 @@
 
 namespace lmtune::cli {
 
+void add_bench_command(CLI::App& app);
 void add_config_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_train_command(CLI::App& app);

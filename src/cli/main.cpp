@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", [] { return version_report(); });
   app.add_flag_callback(
       "-v,--verbose", [] { spdlog::set_level(spdlog::level::debug); }, "Log debug messages");
+  cli::add_bench_command(app);
   cli::add_config_command(app);
   cli::add_generate_command(app);
   cli::add_train_command(app);

@@ -1,4 +1,5 @@
-// `lmtune train CONFIG [--set K=V]...`: fine-tunes and prints a one-line JSON summary.
+// `lmtune train CONFIG [--resume [DIR]] [--set K=V]...`: fine-tunes (or continues a run) and prints
+// a one-line JSON summary.
 #include <iostream>
 
 #include "commands.h"
@@ -19,10 +20,22 @@ void add_train_command(CLI::App& app) {
   auto* command = app.add_subcommand(
       "train", "Fine-tune a model as a config says; the run goes to run.output_dir");
   auto options = std::make_shared<ConfigOptions>();
+  auto resume = std::make_shared<std::string>();
   add_config_options(*command, *options);
-  command->callback([options] {
+  auto* resume_option =
+      command
+          ->add_option("--resume", *resume,
+                       "Continue from the newest complete checkpoint of the config's run "
+                       "directory, or of the given run or checkpoint directory")
+          ->expected(0, 1)
+          ->type_name("[DIR]");
+  command->callback([options, resume, resume_option] {
     Config config = load_config(options->file, options->overrides());
-    Trainer trainer(config);
+    std::optional<std::filesystem::path> resume_from;
+    if (resume_option->count() > 0)
+      resume_from = resume->empty() ? std::filesystem::path(config.run.output_dir)
+                                    : std::filesystem::absolute(*resume);
+    Trainer trainer(config, resume_from);
     trainer.setup();
     TrainSummary summary = trainer.train();
     std::cout << nlohmann::json{{"steps", summary.steps},
@@ -31,6 +44,7 @@ void add_train_command(CLI::App& app) {
                                 {"eval_after", eval_json(summary.last_eval)},
                                 {"stopped_early", summary.stopped_early},
                                 {"seconds", summary.seconds},
+                                {"peak_memory_mb", summary.peak_memory_mb},
                                 {"final", config.run.output_dir + "/final"}}
                      .dump()
               << std::endl;

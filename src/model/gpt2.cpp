@@ -9,6 +9,8 @@
 #include "lmtune/core/errors.h"
 #include "lmtune/io/safetensors.h"
 #include "lmtune/io/tokenizer.h"
+#include "lmtune/model/activation_checkpoint.h"
+#include "lmtune/model/bf16_emulation.h"
 
 namespace lmtune {
 namespace fs = std::filesystem;
@@ -163,7 +165,7 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const GPT2Config& config)
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, torch::Tensor* past_k,
                                                torch::Tensor* past_v) {
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), H = n_head_, D = C / H;
-  auto qkv = c_attn(x).split(C, /*dim=*/2);  // 3 x (B, T, C)
+  auto qkv = autocast_linear(x, c_attn->weight, c_attn->bias).split(C, /*dim=*/2);  // 3 x (B, T, C)
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, H, D}).transpose(1, 2); };
   torch::Tensor q = heads(qkv[0]), k = heads(qkv[1]), v = heads(qkv[2]);  // (B, H, T, D)
 
@@ -184,9 +186,9 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, torch::Te
     }
   }
   double dropout = is_training() ? attn_pdrop_ : 0.0;
-  auto y = at::scaled_dot_product_attention(q, k, v, mask, dropout, causal);  // (B, H, T, D)
+  auto y = autocast_attention(q, k, v, mask, dropout, causal);  // (B, H, T, D)
   y = y.transpose(1, 2).contiguous().view({B, T, C});
-  return resid_dropout_(c_proj(y));
+  return resid_dropout_(autocast_linear(y, c_proj->weight, c_proj->bias));
 }
 
 MLPImpl::MLPImpl(const GPT2Config& config) : activation_(config.activation) {
@@ -196,7 +198,7 @@ MLPImpl::MLPImpl(const GPT2Config& config) : activation_(config.activation) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  auto hidden = c_fc(x);  // (B, T, 4C)
+  auto hidden = autocast_linear(x, c_fc->weight, c_fc->bias);  // (B, T, 4C)
   switch (activation_) {
     case Activation::kGeluTanh:
       hidden = torch::gelu(hidden, "tanh");
@@ -208,7 +210,7 @@ torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
       hidden = torch::relu(hidden);
       break;
   }
-  return dropout_(c_proj(hidden));
+  return dropout_(autocast_linear(hidden, c_proj->weight, c_proj->bias));
 }
 
 BlockImpl::BlockImpl(const GPT2Config& config) {
@@ -248,9 +250,16 @@ torch::Tensor GPT2Impl::hidden_states(const torch::Tensor& idx, KVCache* cache) 
   }
   auto positions = torch::arange(past, past + T, idx.options().dtype(torch::kLong));  // (T)
   auto x = drop_(wte(idx) + wpe(positions));                                          // (B, T, C)
+  const bool checkpointing =
+      checkpoint_every_ > 0 && is_training() && !cache && torch::GradMode::is_enabled();
   for (int64_t i = 0; i < config_.n_layer; ++i) {
-    x = h[i]->as<BlockImpl>()->forward(x, cache ? &cache->keys[i] : nullptr,
-                                       cache ? &cache->values[i] : nullptr);
+    auto block = h->ptr<BlockImpl>(i);
+    if (checkpointing && i % checkpoint_every_ == 0) {
+      x = checkpoint_activation([block](const torch::Tensor& in) { return block->forward(in); }, x,
+                                block->parameters());
+    } else {
+      x = block->forward(x, cache ? &cache->keys[i] : nullptr, cache ? &cache->values[i] : nullptr);
+    }
   }
   return ln_f(x);
 }
@@ -260,7 +269,7 @@ torch::Tensor GPT2Impl::output_weight() const {
 }
 
 torch::Tensor GPT2Impl::forward(const torch::Tensor& idx, KVCache* cache) {
-  return torch::linear(hidden_states(idx, cache), output_weight());  // (B, T, V)
+  return autocast_linear(hidden_states(idx, cache), output_weight());  // (B, T, V)
 }
 
 void GPT2Impl::init_weights(uint64_t seed) {
@@ -299,16 +308,7 @@ GPT2Config load_gpt2_config(const fs::path& dir) {
   return GPT2Config::from_hf_json(hf, file.string());
 }
 
-GPT2 load_gpt2(const fs::path& dir, torch::Device device) {
-  GPT2 model(load_gpt2_config(dir));
-  fs::path file = dir / "model.safetensors";
-  if (!fs::exists(file)) {
-    std::string hint = fs::exists(dir / "pytorch_model.bin")
-                           ? "; only safetensors weights are read: convert pytorch_model.bin with "
-                             "transformers (save_pretrained(safe_serialization=True))"
-                           : "";
-    throw InputError(file.string(), "model weights not found" + hint);
-  }
+void load_gpt2_weights(GPT2& model, const fs::path& file) {
   SafetensorsFile weights(file);
   std::set<std::string> used;
   torch::NoGradGuard no_grad;
@@ -335,6 +335,19 @@ GPT2 load_gpt2(const fs::path& dir, torch::Device device) {
     throw InputError(file.string(),
                      "unexpected tensor '" + entry.name + "' (not part of a GPT-2 model)");
   }
+}
+
+GPT2 load_gpt2(const fs::path& dir, torch::Device device) {
+  GPT2 model(load_gpt2_config(dir));
+  fs::path file = dir / "model.safetensors";
+  if (!fs::exists(file)) {
+    std::string hint = fs::exists(dir / "pytorch_model.bin")
+                           ? "; only safetensors weights are read: convert pytorch_model.bin with "
+                             "transformers (save_pretrained(safe_serialization=True))"
+                           : "";
+    throw InputError(file.string(), "model weights not found" + hint);
+  }
+  load_gpt2_weights(model, file);
   model->to(device);
   return model;
 }

@@ -3,17 +3,23 @@
 #include <cmath>
 #include <numeric>
 
+#include "lmtune/model/chunked_loss.h"
 #include "lmtune/train/precision.h"
 
 namespace lmtune {
 
 torch::Tensor summed_token_loss(GPT2& model, const Batch& batch, Precision precision,
-                                torch::Device device) {
+                                torch::Device device, int64_t loss_chunk_tokens) {
   auto inputs = batch.inputs.to(device, /*non_blocking=*/true);    // (B, T)
   auto targets = batch.targets.to(device, /*non_blocking=*/true);  // (B, T)
   torch::Tensor logits;
   {
     AutocastScope autocast(precision, device);
+    if (loss_chunk_tokens > 0) {
+      auto hidden = model->hidden_states(inputs);  // (B, T, C)
+      return chunked_lm_loss_sum(hidden.reshape({-1, hidden.size(-1)}), model->output_weight(),
+                                 targets.reshape({-1}), loss_chunk_tokens);
+    }
     logits = model->forward(inputs);  // (B, T, V)
   }
   return torch::nn::functional::cross_entropy(
@@ -21,8 +27,15 @@ torch::Tensor summed_token_loss(GPT2& model, const Batch& batch, Precision preci
       torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
 }
 
+int64_t resolve_loss_chunk_tokens(const TrainConfig& train, int64_t seq_len, int64_t vocab_size) {
+  if (train.chunked_loss == ChunkedLoss::kOff) return 0;
+  const int64_t logits_bytes = train.micro_batch_size * seq_len * vocab_size * 4;  // fp32
+  if (train.chunked_loss == ChunkedLoss::kAuto && logits_bytes <= kChunkedLossAutoBytes) return 0;
+  return train.loss_chunk_tokens;
+}
+
 EvalResult evaluate(GPT2& model, const TokenSplit& split, int64_t batch_size, int64_t max_batches,
-                    Precision precision, torch::Device device) {
+                    Precision precision, torch::Device device, int64_t loss_chunk_tokens) {
   torch::NoGradGuard no_grad;
   bool was_training = model->is_training();
   model->eval();
@@ -33,7 +46,8 @@ EvalResult evaluate(GPT2& model, const TokenSplit& split, int64_t batch_size, in
     std::vector<int64_t> windows(std::min(batch_size, split.num_windows() - start));
     std::iota(windows.begin(), windows.end(), start);
     Batch batch = split.batch(windows);
-    total += summed_token_loss(model, batch, precision, device).to(torch::kFloat64);
+    total +=
+        summed_token_loss(model, batch, precision, device, loss_chunk_tokens).to(torch::kFloat64);
     tokens += batch.target_tokens;
     ++batches;
   }

@@ -28,7 +28,7 @@ AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options)
   }
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr, const torch::Tensor& found_inf) {
   torch::NoGradGuard no_grad;
   std::size_t offset = 0;
   for (const auto& group : groups_) {
@@ -48,9 +48,14 @@ void AdamW::step(double lr) {
     // The fused kernel reads the step counts for bias correction but leaves counting to the
     // caller; it applies the update and the decoupled decay p -= lr * weight_decay * p.
     at::_foreach_add_(steps, 1);
+    std::optional<torch::Tensor> skip;
+    if (found_inf.defined()) {
+      skip = found_inf;
+      at::_foreach_sub_(steps, std::vector<torch::Tensor>(steps.size(), found_inf));
+    }
     at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr,
                       options_.beta1, options_.beta2, group.weight_decay, options_.eps,
-                      /*amsgrad=*/false, /*maximize=*/false);
+                      /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/std::nullopt, skip);
   }
 }
 

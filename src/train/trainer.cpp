@@ -1,13 +1,17 @@
 #include "lmtune/train/trainer.h"
 
 #include <cmath>
+#include <fstream>
 
 #include <spdlog/spdlog.h>
 
 #include "lmtune/core/errors.h"
 #include "lmtune/core/runtime.h"
 #include "lmtune/io/safetensors.h"
+#include "lmtune/train/freeze.h"
+#include "lmtune/train/memory.h"
 #include "lmtune/train/setup.h"
+#include "lmtune/train/signals.h"
 
 namespace lmtune {
 namespace fs = std::filesystem;
@@ -19,17 +23,42 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// The highest step metrics.jsonl already records: steps up to it are being run again.
+int64_t last_logged_step(const fs::path& metrics_file) {
+  std::ifstream in(metrics_file);
+  int64_t last = 0;
+  std::string line;
+  while (std::getline(in, line)) {
+    auto record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (record.is_object() && record.contains("step") && record["step"].is_number_integer())
+      last = std::max(last, record["step"].get<int64_t>());
+  }
+  return last;
+}
+
+// Logs the fp16 steps skipped since `since` and returns the loss scale now (both synchronise).
+double log_loss_scale(LossScaler& scaler, Progress& progress, int64_t since) {
+  const double scale = scaler.state().scale;
+  if (int64_t skipped = scaler.take_skipped_steps(); skipped > 0)
+    progress.message(
+        fmt::format("fp16: {} step(s) after step {} skipped for inf/NaN gradients; "
+                    "loss scale lowered to {:g}",
+                    skipped, since, scale));
+  return scale;
+}
+
 }  // namespace
 
-Trainer::Trainer(Config config) : config_(std::move(config)) {}
+Trainer::Trainer(Config config, std::optional<fs::path> resume_from)
+    : config_(std::move(config)), resume_from_(std::move(resume_from)) {}
 
 void Trainer::setup() {
-  if (config_.train.precision == Precision::kFp16)
-    throw UsageError(
-        "train.precision: fp16 needs the dynamic loss scaler, which lmtune does not have "
-        "yet; use bf16");
   int64_t threads = set_threads(config_.run.threads);
   device_ = resolve_device(config_.run.device);
+  if (config_.train.precision == Precision::kFp16 && !device_.is_cuda())
+    throw ConfigError({"train.precision: fp16 needs a CUDA device, and run.device: " +
+                       std::string(enum_name(config_.run.device)) +
+                       " resolved to the CPU; use bf16 on the CPU"});
   torch::manual_seed(static_cast<uint64_t>(config_.run.seed));
   if (device_.is_cuda()) torch::cuda::manual_seed_all(static_cast<uint64_t>(config_.run.seed));
   spdlog::info("device {}, {} thread(s), precision {}", device_.str(), threads,
@@ -38,6 +67,7 @@ void Trainer::setup() {
   prepare_run_directory();
   tokenizer_ = load_tokenizer(tokenizer_dir(config_));
   model_ = build_model(config_, *tokenizer_, device_);
+  setup_memory_levers();
   data_ = prepare_data(config_.data, *tokenizer_, cache_root(config_));
   log_prepare_report(data_->report);
 
@@ -70,17 +100,94 @@ void Trainer::setup() {
   for (const auto& p : params_) parameters += p.numel();
   progress_->message("model: " + std::to_string(parameters) + " trainable parameters, " +
                      std::to_string(model_->config().n_layer) + " layers");
+  if (resume_from_) resume();
+}
+
+void Trainer::resume() {
+  fs::path dir = find_resume_checkpoint(*resume_from_);
+  TrainerState state = read_checkpoint(dir);
+  ConfigChanges changes = compare_configs(state.config, config_to_json(config_));
+  if (!changes.refused.empty()) {
+    std::vector<std::string> problems;
+    for (const auto& change : changes.refused)
+      problems.push_back("--resume: " + change +
+                         " differs from the checkpoint's config; this key "
+                         "changes the maths of training, so the run cannot continue with it");
+    throw ConfigError(problems);
+  }
+  for (const auto& change : changes.accepted)
+    progress_->message("resume: taking the new " + change);
+
+  load_checkpoint_weights(dir, model_, *optimizer_);
+  batcher_->set_position(state.data_position);
+  step_ = saved_step_ = state.step;
+  tokens_seen_ = state.tokens_seen;
+  last_lr_ = state.lr;
+  best_eval_loss_ = state.best_eval_loss;
+  evals_without_improvement_ = state.evals_without_improvement;
+  resumed_interval_loss_ = state.interval_loss;
+  last_log_step_ = state.last_log_step;
+  elapsed_before_ = state.elapsed_s;
+  if (scaler_ && state.loss_scaler.is_object())
+    scaler_->set_state({state.loss_scaler.value("scale", config_.train.loss_scale_init),
+                        state.loss_scaler.value("growth_tracker", int64_t{0})});
+  rerun_until_ = last_logged_step(fs::path(config_.run.output_dir) / "metrics.jsonl");
+  // Last: nothing may draw random numbers between restoring the generators and the next step.
+  restore_rng_state(state);
+  progress_->message(
+      fmt::format("resuming from {} at step {} (epoch {}, window {} of the data order)",
+                  dir.string(), step_, state.data_position.epoch, state.data_position.index));
 }
 
 void Trainer::prepare_run_directory() {
   fs::path dir = config_.run.output_dir;
-  if (fs::exists(dir / "metrics.jsonl") || fs::exists(dir / "final"))
+  bool has_run = fs::exists(dir / "metrics.jsonl") || fs::exists(dir / "final") ||
+                 fs::exists(dir / "checkpoints");
+  if (has_run && !resume_from_)
     throw UsageError("run.output_dir: " + dir.string() +
-                     " already holds a run; choose another run.output_dir or remove it");
+                     " already holds a run; continue it with --resume, or choose another "
+                     "run.output_dir");
   fs::create_directories(dir);
   write_file_atomically(dir / "config.json", config_to_json(config_).dump(2) + "\n");
   metrics_ = std::make_unique<MetricsFile>(dir / "metrics.jsonl");
   progress_ = std::make_unique<Progress>(dir / "train.log");
+}
+
+// Layer freezing, activation checkpointing, the chunked loss and the fp16 loss scaler: all fixed
+// before the optimizer sees the parameters.
+void Trainer::setup_memory_levers() {
+  const TrainConfig& train = config_.train;
+  if (std::string frozen = freeze_parameters(model_, train); !frozen.empty())
+    progress_->message(frozen);
+  if (config_.model.gradient_checkpointing) {
+    model_->set_gradient_checkpointing(config_.model.checkpoint_every);
+    progress_->message(
+        fmt::format("gradient checkpointing: every {} block(s) recomputed in backward",
+                    config_.model.checkpoint_every));
+  }
+  loss_chunk_tokens_ =
+      resolve_loss_chunk_tokens(train, config_.data.seq_len, model_->config().vocab_size);
+  if (loss_chunk_tokens_ > 0)
+    progress_->message(fmt::format("chunked loss: {} tokens per chunk (train.chunked_loss: {})",
+                                   loss_chunk_tokens_, enum_name(train.chunked_loss)));
+  if (train.precision == Precision::kFp16)
+    scaler_ = std::make_unique<LossScaler>(train.loss_scale_init, train.loss_scale_growth_interval,
+                                           train.loss_scale_backoff, device_);
+  nonfinite_ = std::make_unique<NonFiniteStreak>(device_);
+}
+
+// Stops the run after max_nonfinite_steps consecutive steps with an inf/NaN loss. Those steps
+// were skipped, so the weights and the last checkpoint are intact. On a GPU the count is read
+// only at logging steps, as reading it synchronises.
+void Trainer::check_nonfinite_streak() const {
+  if (device_.is_cuda() && step_ % config_.logging.every_steps != 0) return;
+  const int64_t streak = nonfinite_->length();
+  if (streak < config_.train.max_nonfinite_steps) return;
+  throw Error(fmt::format(
+      "step {}: the loss was inf or NaN for {} consecutive steps (steps {} to {}; "
+      "train.max_nonfinite_steps: {}); those steps were skipped and the last checkpoint is "
+      "intact. Lower train.lr, or train in fp32",
+      step_, streak, step_ - streak + 1, step_, config_.train.max_nonfinite_steps));
 }
 
 Trainer::StepResult Trainer::train_step(double lr) {
@@ -94,15 +201,24 @@ Trainer::StepResult Trainer::train_step(double lr) {
   }
   auto step_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(device_));
   for (const auto& batch : batches) {
-    auto loss = summed_token_loss(model_, batch, config_.train.precision, device_) /
-                static_cast<double>(std::max<int64_t>(targets, 1));
-    loss.backward();
+    auto loss =
+        summed_token_loss(model_, batch, config_.train.precision, device_, loss_chunk_tokens_) /
+        static_cast<double>(std::max<int64_t>(targets, 1));
+    (scaler_ ? scaler_->scale(loss) : loss).backward();
     step_loss += loss.detach();
     tokens_seen_ += batch.inputs.numel();
   }
+  // A step whose gradients or loss are inf/NaN is skipped on the device (found_inf = 1); clipping
+  // sees unscaled gradients.
+  auto found_inf = torch::zeros({}, step_loss.options());
+  if (scaler_) scaler_->unscale(params_, found_inf);
   auto grad_norm = clip_grad_norm(params_, config_.train.max_grad_norm);
-  optimizer_->step(lr);
+  auto loss_nonfinite = not_finite(step_loss);
+  found_inf = torch::maximum(found_inf, torch::maximum(loss_nonfinite, not_finite(grad_norm)));
+  optimizer_->step(lr, found_inf);
   optimizer_->zero_grad();
+  if (scaler_) scaler_->update(found_inf);
+  nonfinite_->record(loss_nonfinite);
   return {step_loss, grad_norm};
 }
 
@@ -114,15 +230,17 @@ void Trainer::log_step(int64_t step, const StepResult& result, double lr) {
   double interval = seconds_since(last_log_time_);
   double tokens_per_sec =
       static_cast<double>(tokens_seen_ - last_log_tokens_) / std::max(interval, 1e-9);
-  double elapsed = seconds_since(start_time_);
-  double eta = elapsed / static_cast<double>(step) * static_cast<double>(total_steps_ - step);
-  metrics_->write({{"step", step},
-                   {"loss", loss},
-                   {"lr", lr},
-                   {"grad_norm", grad_norm},
-                   {"tokens", tokens_seen_},
-                   {"tokens_per_sec", tokens_per_sec},
-                   {"elapsed_s", elapsed}});
+  double elapsed = elapsed_before_ + seconds_since(start_time_);
+  double session_steps = static_cast<double>(std::max<int64_t>(step - first_step_, 1));
+  double eta =
+      seconds_since(start_time_) / session_steps * static_cast<double>(total_steps_ - step);
+  nlohmann::json record = {
+      {"step", step},           {"loss", loss},           {"lr", lr},
+      {"grad_norm", grad_norm}, {"tokens", tokens_seen_}, {"tokens_per_sec", tokens_per_sec},
+      {"elapsed_s", elapsed}};
+  if (step <= rerun_until_) record["rerun"] = true;
+  if (scaler_) record["loss_scale"] = log_loss_scale(*scaler_, *progress_, last_log_step_);
+  metrics_->write(record);
   progress_->step_line(
       fmt::format("step {}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | ETA {}",
                   step, total_steps_, loss, lr, grad_norm, tokens_per_sec, format_duration(eta)));
@@ -135,56 +253,116 @@ void Trainer::log_step(int64_t step, const StepResult& result, double lr) {
 
 std::optional<EvalResult> Trainer::evaluate_and_log(int64_t step) {
   if (data_->validation.num_windows() == 0) return std::nullopt;
-  EvalResult result = evaluate(model_, data_->validation, config_.train.micro_batch_size,
-                               config_.eval.max_batches, config_.train.precision, device_);
-  metrics_->write(
-      {{"step", step}, {"eval_loss", result.loss}, {"eval_perplexity", result.perplexity}});
-  progress_->message(fmt::format("eval at step {}: loss {:.4f}, perplexity {:.2f} ({} tokens)",
-                                 step, result.loss, result.perplexity, result.tokens));
+  EvalResult result =
+      evaluate(model_, data_->validation, config_.train.micro_batch_size, config_.eval.max_batches,
+               config_.train.precision, device_, loss_chunk_tokens_);
+  const double peak_mb = peak_memory_mb(device_);
+  nlohmann::json record = {{"step", step},
+                           {"eval_loss", result.loss},
+                           {"eval_perplexity", result.perplexity},
+                           {"peak_memory_mb", peak_mb}};
+  if (step <= rerun_until_) record["rerun"] = true;
+  metrics_->write(record);
+  progress_->message(
+      fmt::format("eval at step {}: loss {:.4f}, perplexity {:.2f} ({} tokens), peak memory {:.0f} MB",
+                  step, result.loss, result.perplexity, result.tokens, peak_mb));
   return result;
 }
 
 TrainSummary Trainer::train() {
   TrainSummary summary;
-  start_time_ = last_log_time_ = Clock::now();
-  interval_loss_ = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(device_));
-  summary.first_eval = evaluate_and_log(0);
-  std::optional<double> best_eval;
-  int64_t evals_without_improvement = 0;
+  start_time_ = last_log_time_ = last_save_time_ = Clock::now();
+  first_step_ = step_;
+  last_log_tokens_ = tokens_seen_;
+  interval_loss_ = torch::full({}, resumed_interval_loss_,
+                               torch::TensorOptions().dtype(torch::kFloat32).device(device_));
+  if (step_ == 0) summary.first_eval = evaluate_and_log(0);
+  StopSignals signals;
 
-  int64_t step = 0;
-  while (step < total_steps_) {
-    double lr = learning_rate(config_.train, step);
+  bool stop_early = false;
+  std::optional<EvalResult> eval;  // of the latest step, when it had one
+  while (step_ < total_steps_ && !stop_early) {
+    double lr = learning_rate(config_.train, step_);
     StepResult result = train_step(lr);
     interval_loss_ += result.loss;
-    ++step;
-    if (step % config_.logging.every_steps == 0 || step == total_steps_) log_step(step, result, lr);
+    ++step_;
+    check_nonfinite_streak();
+    last_lr_ = lr;
+    const bool last = step_ == total_steps_;
+    if (step_ % config_.logging.every_steps == 0 || last) log_step(step_, result, lr);
 
+    eval.reset();
     const int64_t every = config_.eval.every_steps;
-    if (every > 0 && step % every == 0 && step < total_steps_) {
-      auto eval = evaluate_and_log(step);
-      if (eval && (!best_eval || eval->loss < *best_eval)) {
-        best_eval = eval->loss;
-        evals_without_improvement = 0;
-      } else if (eval && config_.eval.patience > 0 &&
-                 ++evals_without_improvement >= config_.eval.patience) {
-        progress_->message(fmt::format("early stop at step {}: no improvement in {} evaluations",
-                                       step, config_.eval.patience));
-        if (step % config_.logging.every_steps != 0) log_step(step, result, lr);
-        summary.stopped_early = true;
-        break;
-      }
+    if (every > 0 && step_ % every == 0 && !last) {
+      eval = evaluate_and_log(step_);
+      stop_early = eval && patience_exhausted(*eval);
+      if (stop_early && step_ % config_.logging.every_steps != 0) log_step(step_, result, lr);
     }
+    if (checkpoint_due(last) || stop_early || signals.received()) save_checkpoint_now(eval);
+    if (signals.received())
+      throw Interrupted(
+          fmt::format("interrupted at step {}: checkpoint saved in {}; continue with "
+                      "lmtune train CONFIG --resume",
+                      step_, checkpoint_dir(config_.run.output_dir, step_).string()));
   }
-  summary.steps = step;
+  summary.stopped_early = stop_early;
+  summary.steps = step_;
   summary.train_loss = last_logged_loss_;
-  summary.last_eval = evaluate_and_log(step);
+  summary.last_eval = stop_early ? eval : evaluate_and_log(step_);
+  if (saved_step_ != step_) save_checkpoint_now(summary.last_eval);
   save_final();
-  summary.seconds = seconds_since(start_time_);
-  progress_->message(fmt::format("done: {} steps in {}, final model in {}", step,
+  summary.seconds = elapsed_before_ + seconds_since(start_time_);
+  summary.peak_memory_mb = peak_memory_mb(device_);
+  progress_->message(fmt::format("done: {} steps in {}, final model in {}", step_,
                                  format_duration(summary.seconds),
                                  (fs::path(config_.run.output_dir) / "final").string()));
   return summary;
+}
+
+bool Trainer::patience_exhausted(const EvalResult& eval) {
+  if (!best_eval_loss_ || eval.loss < *best_eval_loss_) {
+    best_eval_loss_ = eval.loss;
+    evals_without_improvement_ = 0;
+    return false;
+  }
+  if (config_.eval.patience == 0 || ++evals_without_improvement_ < config_.eval.patience)
+    return false;
+  progress_->message(fmt::format("early stop at step {}: no improvement in {} evaluations", step_,
+                                 config_.eval.patience));
+  return true;
+}
+
+bool Trainer::checkpoint_due(bool last_step) const {
+  if (last_step) return false;  // the end of training saves after its final evaluation
+  const auto& c = config_.checkpoint;
+  if (c.every_steps > 0 && step_ % c.every_steps == 0) return true;
+  return c.every_minutes > 0 && seconds_since(last_save_time_) >= 60.0 * c.every_minutes;
+}
+
+void Trainer::save_checkpoint_now(const std::optional<EvalResult>& eval) {
+  TrainerState state;
+  state.step = step_;
+  state.data_position = batcher_->position();
+  state.tokens_seen = tokens_seen_;
+  state.lr = last_lr_;
+  state.best_eval_loss = best_eval_loss_;
+  state.evals_without_improvement = evals_without_improvement_;
+  if (eval) state.eval_loss = eval->loss;
+  state.interval_loss = interval_loss_.item<double>();
+  state.last_log_step = last_log_step_;
+  state.elapsed_s = elapsed_before_ + seconds_since(start_time_);
+  state.config = config_to_json(config_);
+  state.config_hash = config_hash(state.config);
+  if (scaler_) {
+    LossScalerState scaler = scaler_->state();
+    state.loss_scaler = {{"scale", scaler.scale}, {"growth_tracker", scaler.growth_tracker}};
+  }
+  capture_rng_state(state);
+  fs::path dir = save_checkpoint(config_.run.output_dir, model_, *tokenizer_, *optimizer_, state);
+  saved_step_ = step_;
+  last_save_time_ = Clock::now();
+  apply_retention(config_.run.output_dir, config_.checkpoint.keep_last);
+  progress_->message("saved checkpoint " + dir.string());
 }
 
 void Trainer::save_final() {
@@ -193,7 +371,13 @@ void Trainer::save_final() {
   tmp += ".tmp";
   fs::remove_all(tmp);
   save_gpt2(model_, tmp, tokenizer_.get());
+  // A resumed run that trains past an earlier end replaces that run's final/.
+  fs::path previous = final_dir;
+  previous += ".previous";
+  fs::remove_all(previous);
+  if (fs::exists(final_dir)) fs::rename(final_dir, previous);
   fs::rename(tmp, final_dir);
+  fs::remove_all(previous);
 }
 
 }  // namespace lmtune

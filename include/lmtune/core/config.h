@@ -62,10 +62,11 @@ struct RunConfig {
 };
 
 struct ModelConfig {
-  std::string path;  // Hugging Face model directory: config.json, model.safetensors, tokenizer
+  std::string path;       // Hugging Face model directory: config.json, model.safetensors, tokenizer
   std::string tokenizer;  // tokenizer directory; empty = path
   ModelInit init = ModelInit::kPretrained;
   bool gradient_checkpointing = false;  // recompute each block in backward instead of storing it
+  int64_t checkpoint_every = 1;  // with gradient_checkpointing: every Nth block is recomputed
   // Shape of a model trained from scratch (init: random); GPT-2 124M by default.
   int64_t n_layer = 12;
   int64_t n_head = 12;
@@ -89,6 +90,10 @@ struct ModelConfig {
     v(gradient_checkpointing,
       Field("gradient_checkpointing",
             "Recompute each transformer block in backward instead of storing its activations."));
+    v(checkpoint_every, Field("checkpoint_every",
+                              "With gradient_checkpointing: recompute every Nth block (1 = all "
+                              "blocks; 2 = every other one, trading memory for speed).")
+                            .min(1));
     v(n_layer, Field("n_layer", "Transformer blocks (init: random).").min(1));
     v(n_head, Field("n_head", "Attention heads per block (init: random).").min(1));
     v(n_embd, Field("n_embd", "Width of the residual stream (init: random).").min(1));
@@ -118,8 +123,8 @@ struct DataConfig {
   int64_t seq_len = 256;        // tokens per training window
   Packing packing = Packing::kPack;
   TxtDocuments txt_documents = TxtDocuments::kBlankLines;
-  std::string text_field = "text";              // .jsonl field of a plain document
-  std::string prompt_field = "prompt";          // .jsonl fields of a prompt/completion pair
+  std::string text_field = "text";      // .jsonl field of a plain document
+  std::string prompt_field = "prompt";  // .jsonl fields of a prompt/completion pair
   std::string completion_field = "completion";
   bool loss_on_prompt = false;  // prompt tokens carry loss too
   bool strip_urls = false;
@@ -161,10 +166,11 @@ struct DataConfig {
                             "do)."));
     v(strip_urls, Field("strip_urls", "Remove http(s):// and www. URLs from documents."));
     v(strip_html, Field("strip_html", "Remove HTML tags from documents."));
-    v(drop_control_chars, Field("drop_control_chars",
-                                "Remove control characters other than newline and tab."));
-    v(min_chars, Field("min_chars", "Drop documents shorter than this many characters after "
-                                    "cleaning; 0 keeps all but empty ones.")
+    v(drop_control_chars,
+      Field("drop_control_chars", "Remove control characters other than newline and tab."));
+    v(min_chars, Field("min_chars",
+                       "Drop documents shorter than this many characters after "
+                       "cleaning; 0 keeps all but empty ones.")
                      .min(0));
     v(dedupe, Field("dedupe", "Drop exact duplicate documents (by hash of their cleaned text)."));
     v(skip_bad_lines, Field("skip_bad_lines",
@@ -177,9 +183,16 @@ struct DataConfig {
   }
 };
 
+enum class ChunkedLoss { kAuto, kOn, kOff };
+template <>
+struct EnumNames<ChunkedLoss> {
+  static constexpr EnumTable<ChunkedLoss, 3> kTable{
+      {{ChunkedLoss::kAuto, "auto"}, {ChunkedLoss::kOn, "on"}, {ChunkedLoss::kOff, "off"}}};
+};
+
 struct TrainConfig {
   int64_t max_steps = 1000;      // optimizer steps
-  int64_t epochs = 0;  // passes over the training data; > 0 replaces max_steps
+  int64_t epochs = 0;            // passes over the training data; > 0 replaces max_steps
   int64_t micro_batch_size = 8;  // sequences per forward/backward pass
   int64_t grad_accum_steps = 1;  // micro-batches per optimizer step
   Precision precision = Precision::kBf16;
@@ -192,6 +205,14 @@ struct TrainConfig {
   Schedule schedule = Schedule::kCosine;
   int64_t warmup_steps = 0;    // linear warmup from 0 to lr
   double max_grad_norm = 1.0;  // clip the global gradient norm; 0 disables clipping
+  ChunkedLoss chunked_loss = ChunkedLoss::kAuto;  // vocabulary projection + loss in chunks
+  int64_t loss_chunk_tokens = 1024;               // tokens per chunk of the chunked loss
+  bool freeze_embeddings = false;             // wte and wpe get no gradient and no optimizer state
+  int64_t freeze_layers = 0;                  // the first N blocks are frozen
+  double loss_scale_init = 65536.0;           // fp16: initial dynamic loss scale
+  int64_t loss_scale_growth_interval = 2000;  // fp16: steps without overflow before doubling
+  double loss_scale_backoff = 0.5;            // fp16: factor applied on an overflow
+  int64_t max_nonfinite_steps = 5;            // stop after this many consecutive non-finite losses
 
   template <class V>
   void visit(V& v) {
@@ -219,6 +240,29 @@ struct TrainConfig {
     v(warmup_steps, Field("warmup_steps", "Steps of linear warmup from 0 to lr.").min(0));
     v(max_grad_norm,
       Field("max_grad_norm", "Clip the global gradient norm to this; 0 disables clipping.").min(0));
+    v(chunked_loss, Field("chunked_loss",
+                          "auto, on or off: compute the vocabulary projection and the loss in "
+                          "chunks of loss_chunk_tokens tokens, recomputed in backward, so the "
+                          "full logits never exist."));
+    v(loss_chunk_tokens,
+      Field("loss_chunk_tokens", "Tokens per chunk of the chunked loss.").min(1));
+    v(freeze_embeddings,
+      Field("freeze_embeddings", "Freeze the token and position embeddings (wte, wpe)."));
+    v(freeze_layers, Field("freeze_layers", "Freeze the first N transformer blocks.").min(0));
+    v(loss_scale_init, Field("loss_scale_init", "fp16: initial dynamic loss scale.").above(0));
+    v(loss_scale_growth_interval,
+      Field("loss_scale_growth_interval",
+            "fp16: steps without inf/NaN gradients before the loss scale doubles.")
+          .min(1));
+    v(loss_scale_backoff, Field("loss_scale_backoff",
+                                "fp16: factor the loss scale is multiplied by when a step's "
+                                "gradients overflow (the step is skipped).")
+                              .above(0)
+                              .max(0.99));
+    v(max_nonfinite_steps, Field("max_nonfinite_steps",
+                                 "Stop after this many consecutive steps with a non-finite loss "
+                                 "(bf16/fp32), naming the step.")
+                               .min(1));
   }
 };
 
@@ -245,6 +289,7 @@ struct EvalConfig {
 struct CheckpointConfig {
   int64_t every_steps = 100;  // 0 = only at the end and on a signal
   int64_t keep_last = 3;      // newest checkpoints kept, besides the best one
+  double every_minutes = 0;   // also save when this many minutes passed since the last save
 
   template <class V>
   void visit(V& v) {
@@ -252,6 +297,10 @@ struct CheckpointConfig {
                          "Save a checkpoint every N optimizer steps; 0 saves only "
                          "at the end and on SIGINT/SIGTERM.")
                        .min(0));
+    v(every_minutes, Field("every_minutes",
+                           "Also save a checkpoint when this many minutes have passed since "
+                           "the last one; 0 turns the timer off.")
+                         .min(0));
     v(keep_last, Field("keep_last",
                        "Newest checkpoints kept, besides the best by validation "
                        "loss.")

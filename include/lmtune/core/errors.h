@@ -52,4 +52,11 @@ class InputError : public Error {
   std::string path_;
 };
 
+// Training stopped by SIGINT/SIGTERM after a checkpoint was saved (exit 130).
+class Interrupted : public Error {
+ public:
+  using Error::Error;
+  int exit_code() const override { return kExitInterrupted; }
+};
+
 }  // namespace lmtune

@@ -111,6 +111,11 @@ class GPT2Impl : public torch::nn::Module {
   // GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2L).
   void init_weights(uint64_t seed);
 
+  // Activation checkpointing of every `every`-th block (blocks 0, every, 2 * every, ...); 0 turns
+  // it off. Applies only in training mode with grad enabled and no KV cache.
+  void set_gradient_checkpointing(int64_t every) { checkpoint_every_ = every; }
+  int64_t gradient_checkpointing() const { return checkpoint_every_; }
+
   const GPT2Config& config() const { return config_; }
 
   torch::nn::Embedding wte{nullptr};  // (V, C)
@@ -122,6 +127,7 @@ class GPT2Impl : public torch::nn::Module {
  private:
   GPT2Config config_;
   torch::nn::Dropout drop_{nullptr};
+  int64_t checkpoint_every_ = 0;
 };
 TORCH_MODULE(GPT2);
 
@@ -131,6 +137,9 @@ torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets)
 // Loads an HF model directory (config.json + model.safetensors) into fp32 parameters on `device`.
 // Bad files are InputError naming the file and tensor (exit 3).
 GPT2 load_gpt2(const std::filesystem::path& dir, torch::Device device = torch::kCPU);
+// Copies the weights of an HF model.safetensors into `model` (on any device), checking names and
+// shapes like load_gpt2.
+void load_gpt2_weights(GPT2& model, const std::filesystem::path& safetensors_file);
 // Reads only the model's config.json.
 GPT2Config load_gpt2_config(const std::filesystem::path& dir);
 

@@ -12,9 +12,20 @@
 namespace lmtune {
 
 // Sum of the cross-entropy over the batch's targets (ignoring -100), an fp32 scalar on `device`.
-// Runs the forward pass under autocast for `precision`.
+// Runs the forward pass under autocast for `precision`. With loss_chunk_tokens > 0 the vocabulary
+// projection and the loss run in chunks of that many tokens (chunked_lm_loss_sum), so the full
+// logits never exist.
 torch::Tensor summed_token_loss(GPT2& model, const Batch& batch, Precision precision,
-                                torch::Device device);
+                                torch::Device device, int64_t loss_chunk_tokens = 0);
+
+// Above this many bytes of fp32 logits per micro-batch (B x T x V x 4), chunked_loss: auto
+// chooses the chunked loss. Measured (docs/memory.md): at 8 x 512 x 50257 (822 MB) chunking saves
+// most of the loss's memory for a few percent of step time; small shapes gain nothing from it.
+inline constexpr int64_t kChunkedLossAutoBytes = int64_t{64} << 20;  // 64 MiB
+
+// train.chunked_loss resolved for micro-batches of seq_len tokens over a vocabulary of
+// vocab_size: tokens per chunk, or 0 for the plain loss.
+int64_t resolve_loss_chunk_tokens(const TrainConfig& train, int64_t seq_len, int64_t vocab_size);
 
 struct EvalResult {
   double loss = 0;        // mean cross-entropy per target token (nats)
@@ -24,6 +35,6 @@ struct EvalResult {
 
 // Evaluates `split` in order, `batch_size` windows at a time, at most `max_batches` (0 = all).
 EvalResult evaluate(GPT2& model, const TokenSplit& split, int64_t batch_size, int64_t max_batches,
-                    Precision precision, torch::Device device);
+                    Precision precision, torch::Device device, int64_t loss_chunk_tokens = 0);
 
 }  // namespace lmtune

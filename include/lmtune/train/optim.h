@@ -33,7 +33,9 @@ class AdamW {
  public:
   AdamW(std::vector<ParamGroup> groups, AdamWOptions options);
 
-  void step(double lr);
+  // One update at learning rate lr. A defined found_inf (fp32 device scalar) equal to 1 skips it
+  // on the device, step counts included, without a host synchronisation.
+  void step(double lr, const torch::Tensor& found_inf = {});
   void zero_grad();
 
   // Per parameter, in group order: first and second moments, and the step count.
@@ -44,6 +46,7 @@ class AdamW {
     torch::Tensor step;  // fp32 scalar, as the fused kernel keeps it
   };
   std::vector<State>& state() { return state_; }
+  const std::vector<State>& state() const { return state_; }
   const std::vector<ParamGroup>& groups() const { return groups_; }
 
  private:

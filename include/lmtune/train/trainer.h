@@ -11,7 +11,9 @@
 #include "lmtune/data/dataset.h"
 #include "lmtune/io/tokenizer.h"
 #include "lmtune/model/gpt2.h"
+#include "lmtune/train/checkpoint.h"
 #include "lmtune/train/evaluate.h"
+#include "lmtune/train/loss_scaler.h"
 #include "lmtune/train/metrics.h"
 #include "lmtune/train/optim.h"
 
@@ -24,16 +26,25 @@ struct TrainSummary {
   std::optional<EvalResult> first_eval;  // before the first step
   std::optional<EvalResult> last_eval;   // after the last step
   double seconds = 0;
+  double peak_memory_mb = 0;  // measured at the end (train/memory.h)
 };
 
 class Trainer {
  public:
-  explicit Trainer(Config config);
+  // With `resume_from` (a run or checkpoint directory), setup() continues from its newest valid
+  // checkpoint instead of starting fresh.
+  explicit Trainer(Config config, std::optional<std::filesystem::path> resume_from = std::nullopt);
 
   // Resolves the device, loads tokenizer, model and data, builds the optimizer and the run
-  // directory. Every input problem surfaces here, before the first step.
+  // directory, and restores a checkpoint when resuming. Every input problem surfaces here,
+  // before the first step.
   void setup();
+  // Trains to the last step. Throws Interrupted (exit 130) after saving a checkpoint when
+  // SIGINT/SIGTERM arrives.
   TrainSummary train();
+
+  // The fp16 loss scaler (nullptr for bf16 and fp32); its state belongs in a checkpoint.
+  LossScaler* loss_scaler() { return scaler_.get(); }
 
  private:
   struct StepResult {
@@ -42,12 +53,20 @@ class Trainer {
   };
 
   void prepare_run_directory();
+  void resume();
   StepResult train_step(double lr);
+  void setup_memory_levers();
+  void check_nonfinite_streak() const;
+  bool checkpoint_due(bool last_step) const;
+  void save_checkpoint_now(const std::optional<EvalResult>& eval);
+  // Records an evaluation for early stopping; true when training should stop.
+  bool patience_exhausted(const EvalResult& eval);
   std::optional<EvalResult> evaluate_and_log(int64_t step);
   void log_step(int64_t step, const StepResult& result, double lr);
   void save_final();
 
   Config config_;
+  std::optional<std::filesystem::path> resume_from_;
   torch::Device device_{torch::kCPU};
   std::unique_ptr<Tokenizer> tokenizer_;
   GPT2 model_{nullptr};
@@ -55,16 +74,29 @@ class Trainer {
   std::unique_ptr<Batcher> batcher_;
   std::unique_ptr<AdamW> optimizer_;
   std::vector<torch::Tensor> params_;
+  std::unique_ptr<LossScaler> scaler_;  // fp16 only
+  std::unique_ptr<NonFiniteStreak> nonfinite_;
+  int64_t loss_chunk_tokens_ = 0;  // 0 = the plain loss
   std::unique_ptr<MetricsFile> metrics_;
   std::unique_ptr<Progress> progress_;
   int64_t total_steps_ = 0;
+  int64_t step_ = 0;        // optimizer steps done
+  int64_t first_step_ = 0;  // step_ when this session's training began
   int64_t tokens_seen_ = 0;
+  double last_lr_ = 0;
+  std::optional<double> best_eval_loss_;
+  int64_t evals_without_improvement_ = 0;
+  int64_t saved_step_ = -1;    // step of the newest checkpoint written or resumed from
+  int64_t rerun_until_ = 0;    // steps up to this one were logged before a crash: marked rerun
+  double elapsed_before_ = 0;  // training seconds of earlier sessions of a resumed run
+  std::chrono::steady_clock::time_point last_save_time_;
 
   // For tokens/s and ETA between two logged steps.
   std::chrono::steady_clock::time_point start_time_, last_log_time_;
   int64_t last_log_tokens_ = 0;
   int64_t last_log_step_ = 0;
   torch::Tensor interval_loss_;  // sum of step losses since the last log (device scalar)
+  double resumed_interval_loss_ = 0;
   double last_logged_loss_ = 0;
 };
 

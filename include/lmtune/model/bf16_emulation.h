@@ -1,0 +1,29 @@
+// bf16 matmuls and attention under autocast that stay fast on CPUs without native bf16: there they
+// run as fp32 kernels on bf16-rounded operands, with bf16-rounded results (what LibTorch's own
+// emulated bf16 kernels compute, fp32 accumulation included, at about 8x the speed).
+#pragma once
+
+#include <optional>
+
+#include <torch/torch.h>
+
+namespace lmtune {
+
+// Whether this CPU has bf16 matmul hardware support LibTorch uses (oneDNN needs AVX-512 BW/VL/DQ
+// on x86); without it LibTorch falls back to scalar bf16 loops.
+bool cpu_has_native_bf16();
+
+// Whether ops on `t` run under CPU bf16 autocast on a CPU without native bf16.
+bool emulates_bf16(const torch::Tensor& t);
+
+// torch::linear as autocast would run it: x (..., in), weight (out, in), bias (out) or undefined.
+torch::Tensor autocast_linear(const torch::Tensor& x, const torch::Tensor& weight,
+                              const torch::Tensor& bias = {});
+
+// at::scaled_dot_product_attention as autocast would run it: q (B, H, T, D), k and v
+// (B, H, S, D) -> (B, H, T, D).
+torch::Tensor autocast_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                 const torch::Tensor& v, const std::optional<torch::Tensor>& mask,
+                                 double dropout, bool causal);
+
+}  // namespace lmtune

@@ -1,0 +1,62 @@
+// Synthetic training-speed benchmark: full training steps (forward, loss, backward, clip, AdamW)
+// of a random GPT-2 through the trainer's own functions, against this machine's matmul peak.
+#pragma once
+
+#include <cstdint>
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include "lmtune/core/config.h"
+#include "lmtune/model/gpt2.h"
+
+namespace lmtune {
+
+// The shape and settings of `lmtune bench`; the defaults are those of the reference
+// (../shared/bench/reference_gpt2.py bench).
+struct BenchOptions {
+  int64_t n_layer = 6;
+  int64_t n_head = 6;
+  int64_t n_embd = 384;
+  int64_t vocab = 50257;
+  int64_t batch = 8;  // sequences per step
+  int64_t seq = 256;  // tokens per sequence (also n_positions)
+  Precision precision = Precision::kBf16;
+  int64_t steps = 10;   // timed steps
+  int64_t warmup = 3;   // untimed steps before them
+  int64_t threads = 0;  // LibTorch intra-op threads; 0 = every core
+  Device device = Device::kCpu;
+};
+
+struct BenchResult {
+  std::string device;
+  int64_t threads = 0;
+  int64_t parameters = 0;
+  double step_ms = 0;
+  double tokens_per_sec = 0;
+  double flops_per_token = 0;         // training FLOPs: 6N plus the attention term
+  double achieved_tflops = 0;         // flops_per_token x tokens_per_sec
+  double peak_tflops = 0;             // the best matmul of the step's precision on this device
+  double libtorch_matmul_tflops = 0;  // LibTorch's own kernel for that dtype (no emulation)
+  double mfu = 0;                     // achieved / peak
+  double peak_memory_mb = 0;
+  double final_loss = 0;          // mean loss of the last step (nats per token)
+  int64_t loss_chunk_tokens = 0;  // 0 = plain loss, as the trainer resolves it by default
+};
+
+// Training FLOPs per token of `config` at `seq` tokens per sequence, as nanoGPT and PaLM count
+// them: 6N for the N parameters other than wpe (2 forward + 4 backward per weight; wte counts
+// through the tied output projection), plus attention's QK^T and AV over the full T x T square:
+// 2 matmuls x 2 FLOPs x T x C per token and layer forward, x3 with backward = 12 L C T.
+double training_flops_per_token(const GPT2Config& config, int64_t seq);
+
+// Measured TFLOP/s of an n x n x n matmul in `precision` on `device`, as the model runs it
+// (autocast included); best of repeats over about `seconds`.
+double matmul_tflops(Precision precision, torch::Device device, int64_t n, double seconds,
+                     bool through_autocast);
+
+BenchResult run_bench(const BenchOptions& options);
+
+nlohmann::json bench_json(const BenchOptions& options, const BenchResult& result);
+
+}  // namespace lmtune

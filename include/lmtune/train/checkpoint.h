@@ -1,0 +1,87 @@
+// Training checkpoints: step directories written atomically with a completeness marker, finding
+// and validating them for --resume, restoring their state, and retention.
+// Never deletes a checkpoint before a newer one is complete.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "lmtune/data/dataset.h"
+#include "lmtune/model/gpt2.h"
+#include "lmtune/train/optim.h"
+
+namespace lmtune {
+
+class Tokenizer;
+
+// Bumped whenever the meaning of a checkpoint's files changes.
+inline constexpr int kCheckpointFormatVersion = 1;
+
+// Everything besides weights and optimizer moments that a resumed run needs to continue exactly.
+struct TrainerState {
+  int64_t step = 0;             // optimizer steps done
+  BatchPosition data_position;  // where the batcher stands in the shuffled order
+  int64_t tokens_seen = 0;
+  double lr = 0;  // learning rate of the last step (the schedule is a function of step)
+  nlohmann::json loss_scaler;                // fp16 dynamic loss scaler state; null when unused
+  std::string cpu_rng_state;                 // hex of the default CPU generator's state
+  std::vector<std::string> cuda_rng_states;  // hex, per visible CUDA device
+  std::optional<double> best_eval_loss;
+  int64_t evals_without_improvement = 0;
+  std::optional<double> eval_loss;  // evaluation at this very step, when there was one
+  double interval_loss = 0;         // sum of step losses since the last logged step
+  int64_t last_log_step = 0;
+  double elapsed_s = 0;   // training time before this checkpoint
+  nlohmann::json config;  // the resolved config
+  std::string config_hash;
+
+  nlohmann::json to_json() const;
+  static TrainerState from_json(const nlohmann::json& json, const std::string& file);
+};
+
+// The default CPU (and CUDA) generators' states, and restoring them.
+void capture_rng_state(TrainerState& state);
+void restore_rng_state(const TrainerState& state);
+
+// The hash of a resolved config, as stored in trainer_state.json.
+std::string config_hash(const nlohmann::json& config);
+
+// checkpoints/step-00000100 for step 100.
+std::filesystem::path checkpoint_dir(const std::filesystem::path& run_dir, int64_t step);
+
+// Writes checkpoints/step-XXXXXXXX in a temporary directory (every file fsynced, COMPLETE with a
+// checksum of each file written last), then renames it into place. A failure (a full disk)
+// throws Error and leaves every earlier checkpoint untouched.
+std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, const GPT2& model,
+                                      const Tokenizer& tokenizer, const AdamW& optimizer,
+                                      const TrainerState& state);
+
+// Reads and validates a checkpoint directory: COMPLETE present, every checksum matching,
+// trainer_state.json readable. Throws InputError saying what is wrong.
+TrainerState read_checkpoint(const std::filesystem::path& dir);
+
+// The checkpoint to resume from, given a run directory or a checkpoint directory: the newest
+// valid one. Invalid ones are skipped with a warning saying why; none is InputError (exit 3).
+std::filesystem::path find_resume_checkpoint(const std::filesystem::path& run_or_checkpoint);
+
+// Copies the checkpoint's weights into `model` and moments into `optimizer` (any device).
+void load_checkpoint_weights(const std::filesystem::path& dir, GPT2& model, AdamW& optimizer);
+
+// The config keys whose saved and new values differ and that change the maths of training (the
+// run cannot resume with them), and those that may change (returned separately for logging).
+struct ConfigChanges {
+  std::vector<std::string> refused;   // "train.lr: 0.0003 -> 0.0001"
+  std::vector<std::string> accepted;  // "train.max_steps: 100 -> 200"
+};
+ConfigChanges compare_configs(const nlohmann::json& saved, const nlohmann::json& now);
+
+// Deletes complete checkpoints beyond the `keep_last` newest, except the best by validation
+// loss, and leftovers of interrupted saves.
+void apply_retention(const std::filesystem::path& run_dir, int64_t keep_last);
+
+}  // namespace lmtune

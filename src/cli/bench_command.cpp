@@ -1,0 +1,62 @@
+// `lmtune bench [--n-layer ... --threads N]`: synthetic training steps, one JSON line of speed.
+#include <iostream>
+
+#include "commands.h"
+#include "lmtune/core/errors.h"
+#include "lmtune/train/bench.h"
+
+namespace lmtune::cli {
+namespace {
+
+struct BenchArgs {
+  BenchOptions options;
+  std::string precision = "bf16";
+  std::string device = "cpu";
+};
+
+void add_shape_options(CLI::App& command, BenchOptions& o) {
+  auto positive = [&](const char* name, int64_t& value, const char* help) {
+    command.add_option(name, value, help)->check(CLI::PositiveNumber)->capture_default_str();
+  };
+  positive("--n-layer", o.n_layer, "Transformer blocks");
+  positive("--n-head", o.n_head, "Attention heads");
+  positive("--n-embd", o.n_embd, "Channels (a multiple of --n-head)");
+  positive("--vocab", o.vocab, "Vocabulary size");
+  positive("--batch", o.batch, "Sequences per step");
+  positive("--seq", o.seq, "Tokens per sequence");
+  positive("--steps", o.steps, "Timed steps");
+  command.add_option("--warmup", o.warmup, "Untimed steps first")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  command.add_option("--threads", o.threads, "LibTorch threads; 0 = every core")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto* command = app.add_subcommand(
+      "bench", "Time synthetic training steps of a random GPT-2; prints one JSON line");
+  auto args = std::make_shared<BenchArgs>();
+  add_shape_options(*command, args->options);
+  command->add_option("--precision", args->precision, "Training precision")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
+  command->add_option("--device", args->device, "auto (CUDA when present), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  command->callback([args] {
+    BenchOptions& o = args->options;
+    if (o.n_embd % o.n_head != 0)
+      throw UsageError("--n-embd (" + std::to_string(o.n_embd) +
+                       ") must be a multiple of --n-head (" + std::to_string(o.n_head) + ")");
+    o.precision = args->precision == "fp32" ? Precision::kFp32 : Precision::kBf16;
+    o.device = args->device == "cuda"  ? Device::kCuda
+               : args->device == "cpu" ? Device::kCpu
+                                       : Device::kAuto;
+    std::cout << bench_json(o, run_bench(o)).dump() << std::endl;
+  });
+}
+
+}  // namespace lmtune::cli

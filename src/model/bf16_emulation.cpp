@@ -1,0 +1,57 @@
+#include "lmtune/model/bf16_emulation.h"
+
+#include <ATen/autocast_mode.h>
+
+namespace lmtune {
+namespace {
+
+// bf16 values held in fp32, the dtype the fast kernels take. Leaf weights go through autocast's
+// own cast cache, so a weight is rounded once per autocast scope, as in a native bf16 run.
+torch::Tensor bf16_values(const torch::Tensor& t) {
+  if (!t.defined()) return t;
+  return at::autocast::cached_cast(at::kBFloat16, t, c10::DeviceType::CPU).to(torch::kFloat32);
+}
+
+}  // namespace
+
+bool cpu_has_native_bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool native = __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl") &&
+                             __builtin_cpu_supports("avx512dq");
+  return native;
+#else
+  return true;  // elsewhere LibTorch picks its own bf16 kernels
+#endif
+}
+
+bool emulates_bf16(const torch::Tensor& t) {
+  return t.device().is_cpu() && at::autocast::is_autocast_enabled(c10::DeviceType::CPU) &&
+         at::autocast::get_autocast_dtype(c10::DeviceType::CPU) == at::kBFloat16 &&
+         !cpu_has_native_bf16();
+}
+
+torch::Tensor autocast_linear(const torch::Tensor& x, const torch::Tensor& weight,
+                              const torch::Tensor& bias) {
+  if (!emulates_bf16(x)) return torch::linear(x, weight, bias);
+  // Autograd rounds the gradients to bf16 at the same casts, so backward matches too.
+  auto y = [&] {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+    return torch::linear(bf16_values(x), bf16_values(weight), bf16_values(bias));
+  }();
+  return y.to(torch::kBFloat16);
+}
+
+torch::Tensor autocast_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                 const torch::Tensor& v, const std::optional<torch::Tensor>& mask,
+                                 double dropout, bool causal) {
+  if (!emulates_bf16(q)) return at::scaled_dot_product_attention(q, k, v, mask, dropout, causal);
+  auto y = [&] {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+    return at::scaled_dot_product_attention(bf16_values(q), bf16_values(k), bf16_values(v), mask,
+                                            dropout, causal);
+  }();
+  return y.to(torch::kBFloat16);
+}
+
+}  // namespace lmtune

@@ -1,0 +1,198 @@
+#include "lmtune/train/bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/cuda.h>
+
+#include "lmtune/core/runtime.h"
+#include "lmtune/core/schema.h"
+#include "lmtune/data/dataset.h"
+#include "lmtune/model/bf16_emulation.h"
+#include "lmtune/train/evaluate.h"
+#include "lmtune/train/memory.h"
+#include "lmtune/train/optim.h"
+#include "lmtune/train/precision.h"
+#include "lmtune/train/setup.h"
+
+namespace lmtune {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Waits for queued device work, so a clock read after it covers that work.
+void synchronize(torch::Device device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+GPT2Config bench_model_config(const BenchOptions& o) {
+  GPT2Config config;
+  config.n_layer = o.n_layer;
+  config.n_head = o.n_head;
+  config.n_embd = o.n_embd;
+  config.vocab_size = o.vocab;
+  config.n_positions = o.seq;
+  // The reference trains without dropout; so does the benchmark.
+  config.embd_pdrop = config.attn_pdrop = config.resid_pdrop = 0.0;
+  return config;
+}
+
+// Uniformly random token ids, inputs and targets (B, T), in pinned memory on a GPU run so the
+// copies summed_token_loss makes are asynchronous.
+Batch synthetic_batch(const BenchOptions& o, torch::Device device) {
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(/*seed=*/0);
+  auto ids = [&] {
+    auto t = torch::randint(o.vocab, {o.batch, o.seq}, generator, torch::kLong);
+    return device.is_cuda() ? t.pin_memory() : t;
+  };
+  Batch batch;
+  batch.inputs = ids();
+  batch.targets = ids();
+  batch.target_tokens = o.batch * o.seq;
+  return batch;
+}
+
+// The trainer's step with its default settings (one micro-batch, clip at 1.0, AdamW at a
+// constant lr): the mean loss per target token, a device scalar.
+struct BenchStep {
+  GPT2& model;
+  AdamW& optimizer;
+  std::vector<torch::Tensor> params;
+  Batch batch;
+  Precision precision;
+  torch::Device device;
+  int64_t loss_chunk_tokens;
+
+  torch::Tensor operator()() {
+    auto loss = summed_token_loss(model, batch, precision, device, loss_chunk_tokens) /
+                static_cast<double>(batch.target_tokens);
+    loss.backward();
+    clip_grad_norm(params, /*max_norm=*/1.0);
+    optimizer.step(/*lr=*/3e-4);
+    optimizer.zero_grad();
+    return loss.detach();
+  }
+};
+
+}  // namespace
+
+double training_flops_per_token(const GPT2Config& config, int64_t seq) {
+  const double C = static_cast<double>(config.n_embd), L = static_cast<double>(config.n_layer);
+  const double V = static_cast<double>(config.vocab_size),
+               F = static_cast<double>(config.mlp_width());
+  // Per block: c_attn 3C^2 + 3C, c_proj C^2 + C, c_fc CF + F, c_proj FC + C, 2 LayerNorms 4C.
+  const double block = 4 * C * C + 2 * C * F + F + 9 * C;
+  const double n = V * C + L * block + 2 * C;  // + wte and ln_f; wpe left out
+  return 6 * n + 12 * L * C * static_cast<double>(seq);
+}
+
+double matmul_tflops(Precision precision, torch::Device device, int64_t n, double seconds,
+                     bool through_autocast) {
+  torch::NoGradGuard no_grad;
+  auto dtype = precision == Precision::kBf16   ? torch::kBFloat16
+               : precision == Precision::kFp16 ? torch::kHalf
+                                               : torch::kFloat32;
+  auto options = torch::TensorOptions().dtype(dtype).device(device);
+  auto a = torch::randn({n, n}, options), b = torch::randn({n, n}, options);
+  std::optional<AutocastScope> autocast;
+  if (through_autocast) autocast.emplace(precision, device);
+  auto matmul = [&] { return through_autocast ? autocast_linear(a, b) : torch::linear(a, b); };
+  matmul();
+  synchronize(device);
+  double best = 1e30;
+  auto start = Clock::now();
+  do {
+    auto t0 = Clock::now();
+    matmul();
+    synchronize(device);
+    best = std::min(best, seconds_since(t0));
+  } while (seconds_since(start) < seconds);
+  return 2.0 * static_cast<double>(n * n * n) / best / 1e12;
+}
+
+BenchResult run_bench(const BenchOptions& o) {
+  BenchResult result;
+  result.threads = set_threads(o.threads);
+  torch::Device device = resolve_device(o.device);
+  result.device = device.str();
+  torch::manual_seed(0);
+
+  GPT2 model(bench_model_config(o));
+  model->to(device);
+  model->train();
+  AdamW optimizer(decay_groups(*model, /*weight_decay=*/0.1), AdamWOptions{});
+  TrainConfig train;  // the defaults: which loss the trainer picks for this shape
+  train.micro_batch_size = o.batch;
+  BenchStep step{model,
+                 optimizer,
+                 {},
+                 synthetic_batch(o, device),
+                 o.precision,
+                 device,
+                 resolve_loss_chunk_tokens(train, o.seq, o.vocab)};
+  for (const auto& group : optimizer.groups())
+    step.params.insert(step.params.end(), group.params.begin(), group.params.end());
+  for (const auto& p : step.params) result.parameters += p.numel();
+
+  for (int64_t i = 0; i < o.warmup; ++i) step();
+  synchronize(device);
+  torch::Tensor loss;
+  auto start = Clock::now();
+  for (int64_t i = 0; i < o.steps; ++i) loss = step();
+  result.final_loss = loss.item<double>();  // the one host synchronisation of the timed loop
+  const double seconds = seconds_since(start);
+
+  result.loss_chunk_tokens = step.loss_chunk_tokens;
+  result.peak_memory_mb = peak_memory_mb(device);
+  result.step_ms = 1000.0 * seconds / static_cast<double>(o.steps);
+  result.tokens_per_sec = static_cast<double>(o.batch * o.seq * o.steps) / seconds;
+  result.flops_per_token = training_flops_per_token(model->config(), o.seq);
+  result.achieved_tflops = result.flops_per_token * result.tokens_per_sec / 1e12;
+  // 1024^3 x 2 = 2.1 GFLOP per matmul: ~60 ms at CPU fp32 speeds. LibTorch's own bf16 kernel
+  // is ~100x slower on a CPU without bf16 hardware, so it gets a 512^3 matmul.
+  const bool slow_native =
+      o.precision != Precision::kFp32 && device.is_cpu() && !cpu_has_native_bf16();
+  result.libtorch_matmul_tflops =
+      matmul_tflops(o.precision, device, slow_native ? 512 : 1024, 0.3, /*through_autocast=*/false);
+  result.peak_tflops =
+      std::max(result.libtorch_matmul_tflops,
+               matmul_tflops(o.precision, device, 1024, 0.3,
+                             /*through_autocast=*/o.precision != Precision::kFp32));
+  result.mfu = result.achieved_tflops / result.peak_tflops;
+  return result;
+}
+
+nlohmann::json bench_json(const BenchOptions& o, const BenchResult& r) {
+  return {{"impl", "lmtune"},
+          {"torch", TORCH_VERSION},
+          {"device", r.device},
+          {"threads", r.threads},
+          {"precision", enum_name(o.precision)},
+          {"n_layer", o.n_layer},
+          {"n_head", o.n_head},
+          {"n_embd", o.n_embd},
+          {"vocab", o.vocab},
+          {"batch", o.batch},
+          {"seq", o.seq},
+          {"steps", o.steps},
+          {"warmup", o.warmup},
+          {"parameters", r.parameters},
+          {"loss_chunk_tokens", r.loss_chunk_tokens},
+          {"step_ms", r.step_ms},
+          {"tokens_per_sec", r.tokens_per_sec},
+          {"flops_per_token", r.flops_per_token},
+          {"achieved_tflops", r.achieved_tflops},
+          {"peak_tflops", r.peak_tflops},
+          {"libtorch_matmul_tflops", r.libtorch_matmul_tflops},
+          {"mfu", r.mfu},
+          {"peak_memory_mb", r.peak_memory_mb},
+          {"final_loss", r.final_loss}};
+}
+
+}  // namespace lmtune

@@ -1,0 +1,21 @@
+#include "lmtune/train/memory.h"
+
+#include <sys/resource.h>
+
+#include <ATen/DeviceAccelerator.h>
+
+namespace lmtune {
+
+double peak_memory_mb(torch::Device device) {
+  constexpr double kMiB = 1024.0 * 1024.0;
+  if (device.is_cuda()) {
+    auto stats = at::accelerator::getDeviceStats(device.has_index() ? device.index() : 0);
+    // allocated_bytes[0] aggregates every pool of the allocator.
+    return static_cast<double>(stats.allocated_bytes[0].peak) / kMiB;
+  }
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) * 1024.0 / kMiB;  // ru_maxrss is in KiB on Linux
+}
+
+}  // namespace lmtune

@@ -1,0 +1,42 @@
+"""`lmtune bench` through the real binary: its one JSON line on a tiny shape, and bad flags."""
+import json
+
+import pytest
+
+TINY = ["--n-layer", 2, "--n-head", 2, "--n-embd", 32, "--vocab", 100, "--batch", 2, "--seq", 16,
+        "--steps", 2, "--warmup", 1, "--threads", 1]
+FIELDS = ("tokens_per_sec", "step_ms", "flops_per_token", "achieved_tflops", "peak_tflops", "mfu",
+          "peak_memory_mb")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_prints_one_json_line_with_every_field(lmtune, precision):
+    result = lmtune("bench", *TINY, "--precision", precision)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    out = json.loads(lines[0])
+    for field in FIELDS:
+        assert out[field] > 0, field
+    assert out["precision"] == precision
+    assert (out["batch"], out["seq"], out["threads"], out["device"]) == (2, 16, 1, "cpu")
+    assert out["tokens_per_sec"] == pytest.approx(2 * 16 / out["step_ms"] * 1000, rel=1e-6)
+    assert out["mfu"] == pytest.approx(out["achieved_tflops"] / out["peak_tflops"], rel=1e-9)
+
+
+def with_flag(name, value):
+    args = list(TINY)
+    if name in args:
+        args[args.index(name) + 1] = value
+    else:
+        args += [name, value]
+    return args
+
+
+@pytest.mark.parametrize("name,value", [("--precision", "fp16"), ("--steps", "0"),
+                                        ("--threads", "-1"), ("--n-embd", "33"), ("--bogus", "1")])
+def test_bad_flags_are_usage_errors(lmtune, name, value):
+    result = lmtune("bench", *with_flag(name, value))
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.strip()

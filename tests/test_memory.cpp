@@ -1,0 +1,224 @@
+// Unit tests of the memory levers: activation checkpointing, the chunked loss, layer freezing,
+// the fp16 loss scaler and the non-finite step guard, and a bf16 training step on the CPU.
+#include <gtest/gtest.h>
+
+#include "lmtune/core/errors.h"
+#include "lmtune/model/activation_checkpoint.h"
+#include "lmtune/model/chunked_loss.h"
+#include "lmtune/model/gpt2.h"
+#include "lmtune/train/evaluate.h"
+#include "lmtune/train/freeze.h"
+#include "lmtune/train/loss_scaler.h"
+#include "lmtune/train/optim.h"
+#include "lmtune/train/precision.h"
+
+using lmtune::GPT2;
+using lmtune::GPT2Config;
+
+namespace {
+
+GPT2 tiny_model(double dropout = 0.1) {
+  GPT2Config c;
+  c.n_layer = 3;
+  c.n_head = 2;
+  c.n_embd = 16;
+  c.n_positions = 32;
+  c.vocab_size = 50;
+  c.embd_pdrop = c.attn_pdrop = c.resid_pdrop = dropout;
+  GPT2 model(c);
+  model->init_weights(/*seed=*/3);
+  model->train();
+  return model;
+}
+
+lmtune::Batch tiny_batch() {
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(5);
+  auto tokens = torch::randint(50, {2, 13}, generator, torch::kLong);  // (B, T + 1)
+  lmtune::Batch batch{tokens.narrow(1, 0, 12), tokens.narrow(1, 1, 12).clone(), 0};
+  batch.targets.index_put_({0, 0}, -100);  // an ignored target, as padding would be
+  batch.target_tokens = batch.targets.ne(-100).sum().item<int64_t>();
+  return batch;
+}
+
+// Gradients of one training step of `model`, with the random generator at `seed`.
+std::map<std::string, torch::Tensor> step_grads(GPT2& model, lmtune::Precision precision,
+                                                int64_t chunk_tokens = 0, uint64_t seed = 11) {
+  torch::manual_seed(seed);
+  auto batch = tiny_batch();
+  lmtune::summed_token_loss(model, batch, precision, torch::kCPU, chunk_tokens).backward();
+  std::map<std::string, torch::Tensor> grads;
+  for (const auto& p : model->named_parameters())
+    if (p.value().grad().defined()) grads[p.key()] = p.value().grad().clone();
+  return grads;
+}
+
+void expect_same_grads(const std::map<std::string, torch::Tensor>& a,
+                       const std::map<std::string, torch::Tensor>& b, double atol) {
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, grad] : a) {
+    ASSERT_TRUE(b.count(name)) << name;
+    EXPECT_TRUE(torch::allclose(grad, b.at(name), /*rtol=*/0, atol))
+        << name << ": max difference " << (grad - b.at(name)).abs().max().item<double>();
+  }
+}
+
+}  // namespace
+
+TEST(ActivationCheckpoint, GradientsEqualThePlainRunWithDropout) {
+  GPT2 plain = tiny_model(), checkpointed = tiny_model();
+  checkpointed->set_gradient_checkpointing(1);
+  auto expected = step_grads(plain, lmtune::Precision::kFp32);
+  expect_same_grads(step_grads(checkpointed, lmtune::Precision::kFp32), expected, 1e-6);
+}
+
+TEST(ActivationCheckpoint, EveryOtherBlockAndBf16AutocastMatchThePlainRun) {
+  GPT2 plain = tiny_model(), checkpointed = tiny_model();
+  checkpointed->set_gradient_checkpointing(2);
+  auto expected = step_grads(plain, lmtune::Precision::kBf16);
+  expect_same_grads(step_grads(checkpointed, lmtune::Precision::kBf16), expected, 1e-5);
+}
+
+TEST(ActivationCheckpoint, ParametersGetGradientsWhenTheInputNeedsNone) {
+  torch::nn::Linear layer(4, 4);
+  auto x = torch::randn({3, 4});  // no requires_grad, like activations after frozen layers
+  auto fn = [&](const torch::Tensor& in) { return torch::tanh(layer(in)); };
+  lmtune::checkpoint_activation(fn, x, layer->parameters()).sum().backward();
+  auto expected_weight = layer->weight.grad().clone();
+  layer->zero_grad();
+  fn(x).sum().backward();
+  EXPECT_TRUE(torch::allclose(expected_weight, layer->weight.grad(), 0, 1e-7));
+}
+
+TEST(ChunkedLoss, LossAndGradientsEqualThePlainPath) {
+  torch::manual_seed(0);
+  auto hidden = torch::randn({37, 8}, torch::requires_grad());  // (N, C)
+  auto weight = torch::randn({50, 8}, torch::requires_grad());  // (V, C)
+  auto targets = torch::randint(50, {37}, torch::kLong);
+  targets.index_put_({3}, -100);
+  auto plain = torch::nn::functional::cross_entropy(
+      torch::linear(hidden, weight), targets,
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
+  auto plain_grads = torch::autograd::grad({plain}, {hidden, weight});
+  auto chunked = lmtune::chunked_lm_loss_sum(hidden, weight, targets, /*chunk_tokens=*/8);
+  auto chunked_grads = torch::autograd::grad({chunked}, {hidden, weight});
+  EXPECT_NEAR(chunked.item<double>(), plain.item<double>(), 1e-4);
+  EXPECT_TRUE(torch::allclose(chunked_grads[0], plain_grads[0], 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(chunked_grads[1], plain_grads[1], 1e-5, 1e-6));
+}
+
+TEST(ChunkedLoss, TrainingStepMatchesThePlainLoss) {
+  GPT2 plain = tiny_model(), chunked = tiny_model();
+  auto expected = step_grads(plain, lmtune::Precision::kFp32);
+  expect_same_grads(step_grads(chunked, lmtune::Precision::kFp32, /*chunk_tokens=*/5), expected,
+                    1e-6);
+}
+
+TEST(ChunkedLoss, AutoRuleChunksOnlyLargeLogits) {
+  lmtune::TrainConfig train;
+  train.micro_batch_size = 8;
+  EXPECT_GT(lmtune::resolve_loss_chunk_tokens(train, 512, 50257), 0);  // 823 MB of logits
+  EXPECT_EQ(lmtune::resolve_loss_chunk_tokens(train, 32, 50), 0);
+  train.chunked_loss = lmtune::ChunkedLoss::kOn;
+  EXPECT_EQ(lmtune::resolve_loss_chunk_tokens(train, 32, 50), train.loss_chunk_tokens);
+  train.chunked_loss = lmtune::ChunkedLoss::kOff;
+  EXPECT_EQ(lmtune::resolve_loss_chunk_tokens(train, 512, 50257), 0);
+}
+
+TEST(LossScaler, InfGradientSkipsTheStepAndBacksOff) {
+  auto p = torch::ones({4}, torch::requires_grad());
+  lmtune::ParamGroup group{{"p"}, {p}, 0.0};
+  lmtune::AdamW adamw({group}, {});
+  lmtune::LossScaler scaler(/*init_scale=*/1024, /*growth_interval=*/2, /*backoff=*/0.5,
+                            torch::kCPU);
+  p.mutable_grad() = torch::full({4}, 2048.0);
+  p.mutable_grad()[1] = std::numeric_limits<float>::infinity();  // the injected overflow
+  auto found_inf = torch::zeros({});
+  scaler.unscale({p}, found_inf);
+  EXPECT_EQ(found_inf.item<float>(), 1.0f);
+  adamw.step(/*lr=*/0.1, found_inf);
+  scaler.update(found_inf);
+  EXPECT_TRUE(torch::equal(p, torch::ones({4})));
+  EXPECT_EQ(adamw.state()[0].step.item<float>(), 0.0f);
+  EXPECT_EQ(scaler.state().scale, 512.0);
+  EXPECT_EQ(scaler.state().growth_tracker, 0);
+  EXPECT_EQ(scaler.take_skipped_steps(), 1);
+  EXPECT_EQ(scaler.take_skipped_steps(), 0);
+}
+
+TEST(LossScaler, UnscalesAndGrowsAfterTheInterval) {
+  auto p = torch::ones({4}, torch::requires_grad());
+  lmtune::LossScaler scaler(/*init_scale=*/8, /*growth_interval=*/3, /*backoff=*/0.5, torch::kCPU);
+  for (int step = 0; step < 3; ++step) {
+    p.mutable_grad() = torch::full({4}, 16.0);
+    auto found_inf = torch::zeros({});
+    scaler.unscale({p}, found_inf);
+    EXPECT_EQ(found_inf.item<float>(), 0.0f);
+    EXPECT_TRUE(torch::equal(p.grad(), torch::full({4}, 2.0)));
+    scaler.update(found_inf);
+  }
+  EXPECT_EQ(scaler.state().scale, 16.0);
+  scaler.set_state({/*scale=*/4.0, /*growth_tracker=*/2});
+  EXPECT_EQ(scaler.state().scale, 4.0);
+  EXPECT_EQ(scaler.state().growth_tracker, 2);
+}
+
+TEST(NonFiniteStreak, CountsConsecutiveNonFiniteSteps) {
+  lmtune::NonFiniteStreak streak(torch::kCPU);
+  for (float loss : {1.0f, NAN, INFINITY, 2.0f, NAN, NAN})
+    streak.record(lmtune::not_finite(torch::full({}, loss)));
+  EXPECT_EQ(streak.length(), 2);
+}
+
+TEST(Freeze, FrozenParametersGetNoGradientNoStateAndDoNotChange) {
+  GPT2 model = tiny_model(/*dropout=*/0.0);
+  lmtune::TrainConfig train;
+  train.freeze_embeddings = true;
+  train.freeze_layers = 2;
+  EXPECT_NE(lmtune::freeze_parameters(model, train).find("lm_head"), std::string::npos);
+  std::map<std::string, torch::Tensor> before;
+  for (const auto& p : model->named_parameters()) before[p.key()] = p.value().clone();
+  lmtune::AdamW adamw(lmtune::decay_groups(*model, 0.1), {});
+  for (const auto& state : adamw.state()) {
+    EXPECT_NE(state.name.rfind("wte", 0), 0u);
+    EXPECT_NE(state.name.rfind("h.1.", 0), 0u);
+  }
+  for (int step = 0; step < 2; ++step) {
+    step_grads(model, lmtune::Precision::kFp32);
+    adamw.step(/*lr=*/1e-2);
+    adamw.zero_grad();
+  }
+  for (const auto& p : model->named_parameters()) {
+    const std::string& name = p.key();
+    bool frozen = name.rfind("wte", 0) == 0 || name.rfind("wpe", 0) == 0 ||
+                  name.rfind("h.0.", 0) == 0 || name.rfind("h.1.", 0) == 0;
+    EXPECT_EQ(torch::equal(p.value(), before[name]), frozen) << name;
+    EXPECT_EQ(p.value().requires_grad(), !frozen) << name;
+  }
+}
+
+TEST(Freeze, MoreLayersThanTheModelHasIsAnErrorNamingTheKey) {
+  GPT2 model = tiny_model();
+  lmtune::TrainConfig train;
+  train.freeze_layers = 4;
+  try {
+    lmtune::freeze_parameters(model, train);
+    FAIL() << "expected a ConfigError";
+  } catch (const lmtune::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("train.freeze_layers"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Precision, Bf16TrainingStepRunsOnTheCpuCloseToFp32) {
+  GPT2 model = tiny_model(/*dropout=*/0.0);
+  auto batch = tiny_batch();
+  auto fp32 = lmtune::summed_token_loss(model, batch, lmtune::Precision::kFp32, torch::kCPU);
+  auto bf16 = lmtune::summed_token_loss(model, batch, lmtune::Precision::kBf16, torch::kCPU);
+  EXPECT_EQ(bf16.scalar_type(), torch::kFloat32);
+  EXPECT_NEAR(bf16.item<double>(), fp32.item<double>(), 0.01 * fp32.item<double>());
+  bf16.backward();
+  for (const auto& p : model->parameters()) {
+    ASSERT_TRUE(p.grad().defined());
+    EXPECT_EQ(p.grad().scalar_type(), torch::kFloat32);  // master weights and grads stay fp32
+    EXPECT_TRUE(torch::isfinite(p.grad()).all().item<bool>());
+  }
+}
