@@ -6,6 +6,7 @@
 
 #include "lmtune/core/config.h"
 #include "lmtune/core/errors.h"
+#include "temp_dir_test.h"
 
 namespace fs = std::filesystem;
 using lmtune::Config;
@@ -14,16 +15,8 @@ using nlohmann::json;
 
 namespace {
 
-class ConfigTest : public testing::Test {
+class ConfigTest : public TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ =
-        fs::temp_directory_path() / ("lmtune_config_" + std::to_string(::getpid()) + "_" +
-                                     testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   fs::path write(const std::string& name, const std::string& text) {
     fs::path path = dir_ / name;
     std::ofstream(path) << text;
@@ -39,8 +32,6 @@ class ConfigTest : public testing::Test {
     }
     return {};
   }
-
-  fs::path dir_;
 };
 
 const char* kMinimalJson = R"({"model": {"path": "model"}, "data": {"train": "train.txt"}})";
@@ -162,7 +153,8 @@ TEST_F(ConfigTest, RequiredKeys) {
   EXPECT_TRUE(problems(write("r.json", R"({"model": {"init": "random", "tokenizer": "tok"},
                                            "data": {"train": "t"}})"))
                   .empty());
-  auto no_tokenizer = problems(write("n.json", R"({"model": {"init": "random"}, "data": {"train": "t"}})"));
+  auto no_tokenizer =
+      problems(write("n.json", R"({"model": {"init": "random"}, "data": {"train": "t"}})"));
   ASSERT_EQ(no_tokenizer.size(), 1u);
   EXPECT_NE(no_tokenizer[0].find("model.tokenizer: is required"), std::string::npos);
 }

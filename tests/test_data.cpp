@@ -11,6 +11,7 @@
 #include "lmtune/data/cleaning.h"
 #include "lmtune/data/dataset.h"
 #include "lmtune/io/tokenizer.h"
+#include "temp_dir_test.h"
 
 namespace fs = std::filesystem;
 using lmtune::Batcher;
@@ -78,17 +79,12 @@ std::string joined(const std::vector<std::string>& parts) {
   return out;
 }
 
-class DataTest : public testing::Test {
+class DataTest : public TempDirTest {
  protected:
   void SetUp() override {
-    dir_ =
-        fs::temp_directory_path() / ("lmtune_data_" + std::to_string(::getpid()) + "_" +
-                                     testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    TempDirTest::SetUp();
     config_.seq_len = 64;
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
   fs::path write(const std::string& name, const std::string& text) {
     fs::path path = dir_ / name;
@@ -117,7 +113,6 @@ class DataTest : public testing::Test {
     return "";
   }
 
-  fs::path dir_;
   DataConfig config_;
 };
 

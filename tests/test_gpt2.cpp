@@ -7,6 +7,7 @@
 #include "lmtune/infer/generate.h"
 #include "lmtune/io/safetensors.h"
 #include "lmtune/model/gpt2.h"
+#include "temp_dir_test.h"
 
 namespace fs = std::filesystem;
 using lmtune::GPT2;
@@ -31,16 +32,8 @@ GPT2 tiny_model(bool tied = true, uint64_t seed = 7) {
   return model;
 }
 
-class GPT2Test : public testing::Test {
+class GPT2Test : public TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ =
-        fs::temp_directory_path() / ("lmtune_gpt2_" + std::to_string(::getpid()) + "_" +
-                                     testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   std::string load_error(const fs::path& dir) {
     try {
       lmtune::load_gpt2(dir);
@@ -49,8 +42,6 @@ class GPT2Test : public testing::Test {
     }
     return "";
   }
-
-  fs::path dir_;
 };
 
 TEST_F(GPT2Test, ParameterNamesAreHuggingFaces) {

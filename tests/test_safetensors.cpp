@@ -5,21 +5,14 @@
 
 #include "lmtune/core/errors.h"
 #include "lmtune/io/safetensors.h"
+#include "temp_dir_test.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-class SafetensorsTest : public testing::Test {
+class SafetensorsTest : public TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ =
-        fs::temp_directory_path() / ("lmtune_st_" + std::to_string(::getpid()) + "_" +
-                                     testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   // A file with the given header text and `data_bytes` zero bytes of data.
   fs::path raw(const std::string& header, std::size_t data_bytes, uint64_t declared_length = 0) {
     fs::path path = dir_ / "raw.safetensors";
@@ -40,8 +33,6 @@ class SafetensorsTest : public testing::Test {
     }
     return "";
   }
-
-  fs::path dir_;
 };
 
 TEST_F(SafetensorsTest, RoundTripKeepsDtypesShapesValuesAndMetadata) {

@@ -12,6 +12,7 @@
 
 #include "lmtune/core/errors.h"
 #include "lmtune/io/tokenizer.h"
+#include "temp_dir_test.h"
 
 namespace fs = std::filesystem;
 using lmtune::Tokenizer;
@@ -35,16 +36,8 @@ const Tokenizer& gpt2() {
   return *tokenizer;
 }
 
-class TokenizerTest : public testing::Test {
+class TokenizerTest : public TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ =
-        fs::temp_directory_path() / ("lmtune_tokenizer_" + std::to_string(::getpid()) + "_" +
-                                     testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   fs::path write(const std::string& name, const std::string& text) {
     fs::path path = dir_ / name;
     fs::create_directories(path.parent_path());
@@ -70,8 +63,6 @@ class TokenizerTest : public testing::Test {
     ADD_FAILURE() << "loading " << dir << " succeeded";
     return "";
   }
-
-  fs::path dir_;
 };
 
 // The first `count` rules of GPT-2's merges.txt, after its "#version" line.
