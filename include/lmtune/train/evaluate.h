@@ -19,8 +19,9 @@ torch::Tensor summed_token_loss(GPT2& model, const Batch& batch, Precision preci
                                 torch::Device device, int64_t loss_chunk_tokens = 0);
 
 // Above this many bytes of fp32 logits per micro-batch (B x T x V x 4), chunked_loss: auto
-// chooses the chunked loss. Measured (docs/memory.md): at 8 x 512 x 50257 (822 MB) chunking saves
-// most of the loss's memory for a few percent of step time; small shapes gain nothing from it.
+// chooses the chunked loss. At 8 x 512 x 50257 (823 MB of logits) it measured 1.7 GB lower peak
+// memory (docs/benchmarks.md); below the threshold the plain path holds little enough that the
+// extra vocabulary projection in backward is not worth it (a judgement, see docs/memory.md).
 inline constexpr int64_t kChunkedLossAutoBytes = int64_t{64} << 20;  // 64 MiB
 
 // train.chunked_loss resolved for micro-batches of seq_len tokens over a vocabulary of
