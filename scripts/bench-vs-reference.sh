@@ -2,19 +2,29 @@
 # Times `lmtune bench` and the plain-PyTorch reference (../shared/bench/reference_gpt2.py bench,
 # run by the venv's python, so both use the same LibTorch) alternately on the same shape and
 # thread count, and prints each pair's JSON lines and lmtune / reference tokens/s.
+# With DEVICE=cuda the peer is scripts/bench_torch_peer.py (transformers' GPT-2 in plain PyTorch,
+# which runs on a GPU), under PYTHON.
 #
 # Usage: scripts/bench-vs-reference.sh [BENCH OPTIONS...]     e.g. --precision fp32 --steps 5
-# Environment: LMTUNE_BIN (default build/lmtune), REPEATS (pairs, default 2), REFERENCE (script).
+# Environment: LMTUNE_BIN (default build/lmtune), REPEATS (pairs, default 2), REFERENCE (script),
+#              DEVICE (cpu or cuda, default cpu), PYTHON (default the venv's).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 lmtune=${LMTUNE_BIN:-$root/build/lmtune}
-python=${LMTUNE_VENV:-$HOME/.cache/lmtune/venv}/bin/python
-reference=${REFERENCE:-$root/../shared/bench/reference_gpt2.py}
+python=${PYTHON:-${LMTUNE_VENV:-$HOME/.cache/lmtune/venv}/bin/python}
+device=${DEVICE:-cpu}
+if [[ "$device" == cpu ]]; then
+  reference=${REFERENCE:-$root/../shared/bench/reference_gpt2.py}
+  peer_args=()
+else
+  reference=${REFERENCE:-$root/scripts/bench_torch_peer.py}
+  peer_args=(--device "$device")
+fi
 repeats=${REPEATS:-2}
 
 for tool in "$lmtune" "$python"; do
-  [[ -x "$tool" ]] || { echo "bench-vs-reference: $tool not found; run scripts/build.sh" >&2; exit 2; }
+  command -v "$tool" >/dev/null || { echo "bench-vs-reference: $tool not found; run scripts/build.sh" >&2; exit 2; }
 done
 [[ -f "$reference" ]] || { echo "bench-vs-reference: no reference at $reference" >&2; exit 2; }
 
@@ -23,10 +33,20 @@ args=("$@")
 # lmtune's 0 means every core; naming it keeps them equal on any machine.
 [[ " ${args[*]} " == *" --threads "* ]] || args+=(--threads "$(nproc)")
 
+# The peers know the shape options only, not lmtune's own (--chunked-loss).
+peer_shape=()
+for ((i = 0; i < ${#args[@]}; i++)); do
+  if [[ "${args[i]}" == --chunked-loss ]]; then ((i += 1)); else peer_shape+=("${args[i]}"); fi
+done
+
 echo "# $(date -u +%FT%TZ) $(uptime | sed 's/.*load/load/'), args: ${args[*]}"
 for ((i = 1; i <= repeats; i++)); do
-  ours=$("$lmtune" bench --device cpu "${args[@]}")
-  theirs=$("$python" "$reference" bench "${args[@]}")
+  ours=$("$lmtune" bench --device "$device" "${args[@]}")
+  if [[ "$device" == cpu ]]; then
+    theirs=$("$python" "$reference" bench "${peer_shape[@]}")
+  else
+    theirs=$("$python" "$reference" "${peer_shape[@]}" "${peer_args[@]}")
+  fi
   echo "lmtune:    $ours"
   echo "reference: $theirs"
   "$python" -c '

@@ -9,4 +9,16 @@ build_dir=${LMTUNE_BUILD_DIR:-$root/build}
 "$root/scripts/install-deps.sh"
 "$root/scripts/build.sh" "$build_dir"
 cd "$build_dir"
-ctest --output-on-failure --timeout 900 -j "${LMTUNE_TEST_JOBS:-2}" "$@"
+
+# Tests labelled `cuda` need a GPU. Without one they are left out (and said to be), never counted
+# as passed; LMTUNE_CUDA_TESTS=1 or 0 overrides the detection.
+if [[ -z "${LMTUNE_CUDA_TESTS:-}" ]]; then
+  LMTUNE_CUDA_TESTS=0
+  command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU' && LMTUNE_CUDA_TESTS=1
+fi
+exclude=()
+if [[ "$LMTUNE_CUDA_TESTS" != 1 ]]; then
+  echo "test: no GPU visible: the tests labelled cuda are not run (scripts/gpu-check.sh runs them)"
+  exclude=(-LE cuda)
+fi
+ctest --output-on-failure --timeout 900 -j "${LMTUNE_TEST_JOBS:-2}" "${exclude[@]}" "$@"

@@ -12,6 +12,7 @@ struct BenchArgs {
   BenchOptions options;
   std::string precision = "bf16";
   std::string device = "cpu";
+  std::string chunked_loss = "auto";
 };
 
 void add_shape_options(CLI::App& command, BenchOptions& o) {
@@ -46,6 +47,10 @@ void add_bench_command(CLI::App& app) {
   command->add_option("--device", args->device, "auto (CUDA when present), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
+  command->add_option("--chunked-loss", args->chunked_loss,
+                      "The loss in chunks of tokens: auto (the trainer's rule), on or off")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
   command->callback([args] {
     BenchOptions& o = args->options;
     if (o.n_embd % o.n_head != 0)
@@ -55,6 +60,9 @@ void add_bench_command(CLI::App& app) {
     o.device = args->device == "cuda"  ? Device::kCuda
                : args->device == "cpu" ? Device::kCpu
                                        : Device::kAuto;
+    o.chunked_loss = args->chunked_loss == "on"    ? ChunkedLoss::kOn
+                     : args->chunked_loss == "off" ? ChunkedLoss::kOff
+                                                   : ChunkedLoss::kAuto;
     std::cout << bench_json(o, run_bench(o)).dump() << std::endl;
   });
 }

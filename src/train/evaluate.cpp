@@ -7,11 +7,21 @@
 #include "lmtune/train/precision.h"
 
 namespace lmtune {
+namespace {
+
+// `host` on `device`. A copy to a GPU goes through pinned memory so it is asynchronous: the host
+// carries on queueing the step while the tokens travel.
+torch::Tensor to_device(const torch::Tensor& host, torch::Device device) {
+  if (!device.is_cuda() || !host.device().is_cpu()) return host.to(device);
+  return (host.is_pinned() ? host : host.pin_memory()).to(device, /*non_blocking=*/true);
+}
+
+}  // namespace
 
 torch::Tensor summed_token_loss(GPT2& model, const Batch& batch, Precision precision,
                                 torch::Device device, int64_t loss_chunk_tokens) {
-  auto inputs = batch.inputs.to(device, /*non_blocking=*/true);    // (B, T)
-  auto targets = batch.targets.to(device, /*non_blocking=*/true);  // (B, T)
+  auto inputs = to_device(batch.inputs, device);    // (B, T)
+  auto targets = to_device(batch.targets, device);  // (B, T)
   torch::Tensor logits;
   {
     AutocastScope autocast(precision, device);

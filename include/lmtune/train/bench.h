@@ -26,6 +26,7 @@ struct BenchOptions {
   int64_t warmup = 3;   // untimed steps before them
   int64_t threads = 0;  // LibTorch intra-op threads; 0 = every core
   Device device = Device::kCpu;
+  ChunkedLoss chunked_loss = ChunkedLoss::kAuto;  // as train.chunked_loss
 };
 
 struct BenchResult {

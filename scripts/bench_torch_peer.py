@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""The plain-PyTorch peer of `lmtune bench` on a GPU: the training step a user writes with the
+standard tools, timed on the same shapes and printed as one JSON line.
+
+The model is transformers' GPT2LMHeadModel with PyTorch's scaled_dot_product_attention, random
+weights and no dropout; the step is autocast (bf16 or fp16) or fp32, the mean cross entropy over
+the whole vocabulary in fp32, backward, clipping at 1.0 and torch.optim.AdamW with its fused
+kernel, as `lmtune bench` does. (../shared/bench/reference_gpt2.py bench is the CPU peer; it
+runs on the CPU only.)
+
+Usage: bench_torch_peer.py [--n-layer 6 --n-head 6 --n-embd 384 --vocab 50257 --batch 8
+                            --seq 256 --steps 10 --warmup 3 --precision bf16 --device cuda]
+"""
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in (("n-layer", 6), ("n-head", 6), ("n-embd", 384), ("vocab", 50257),
+                          ("batch", 8), ("seq", 256), ("steps", 10), ("warmup", 3),
+                          ("threads", 1)):
+        parser.add_argument("--" + name, type=int, default=default)
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="bf16")
+    parser.add_argument("--device", default="cuda")
+    a = parser.parse_args()
+
+    torch.manual_seed(0)
+    torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    config = GPT2Config(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, vocab_size=a.vocab,
+                        n_positions=a.seq, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        bos_token_id=a.vocab - 1, eos_token_id=a.vocab - 1)
+    model = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa").to(device).train()
+    params = list(model.parameters())
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=3e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
+    x = torch.randint(a.vocab, (a.batch, a.seq)).to(device)
+    y = torch.randint(a.vocab, (a.batch, a.seq)).to(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=a.precision == "fp16")
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x).logits
+        loss = F.cross_entropy(logits.float().view(-1, a.vocab), y.view(-1))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach()
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(a.warmup):
+        step()
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(a.steps):
+        loss = step()
+    final_loss = loss.item()
+    seconds = time.perf_counter() - start
+    peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    print(json.dumps({"impl": "pytorch-transformers-peer", "torch": torch.__version__,
+                      "device": str(device), "precision": a.precision, "batch": a.batch,
+                      "seq": a.seq, "parameters": sum(p.numel() for p in params),
+                      "step_ms": 1000 * seconds / a.steps,
+                      "tokens_per_sec": a.batch * a.seq * a.steps / seconds,
+                      "peak_memory_mb": peak_mb, "final_loss": final_loss}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+// Tests of the CUDA code paths (label `cuda`): each one runs on a GPU and fails without one, so
+// scripts/test.sh runs this label only where a GPU is visible. They compare the GPU against the
+// CPU or against the plain path on the GPU: forward, activation checkpointing with dropout (the
+// CUDA generator restored), the chunked loss, the fused AdamW, the fp16 loss scaler, mixed
+// precision steps, peak memory, and the checkpointed CUDA generator state.
+#include <gtest/gtest.h>
+
+#include <torch/cuda.h>
+
+#include "lmtune/model/chunked_loss.h"
+#include "lmtune/model/gpt2.h"
+#include "lmtune/train/checkpoint.h"
+#include "lmtune/train/evaluate.h"
+#include "lmtune/train/loss_scaler.h"
+#include "lmtune/train/memory.h"
+#include "lmtune/train/optim.h"
+
+using lmtune::GPT2;
+using lmtune::GPT2Config;
+using lmtune::Precision;
+
+namespace {
+
+const torch::Device kCuda(torch::kCUDA, 0);
+
+class CudaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(torch::cuda::is_available()) << "these tests need a CUDA device";
+    // Exact fp32 comparisons: no TF32 in matrix products or convolutions.
+    at::globalContext().setAllowTF32CuBLAS(false);
+    at::globalContext().setAllowTF32CuDNN(false);
+  }
+};
+
+GPT2 tiny_model(double dropout, torch::Device device) {
+  GPT2Config c;
+  c.n_layer = 3;
+  c.n_head = 2;
+  c.n_embd = 64;
+  c.n_positions = 64;
+  c.vocab_size = 97;
+  c.embd_pdrop = c.attn_pdrop = c.resid_pdrop = dropout;
+  GPT2 model(c);
+  model->init_weights(/*seed=*/3);
+  model->to(device);
+  model->train();
+  return model;
+}
+
+lmtune::Batch tiny_batch() {
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(5);
+  auto tokens = torch::randint(97, {4, 49}, generator, torch::kLong);  // (B, T + 1)
+  lmtune::Batch batch{tokens.narrow(1, 0, 48), tokens.narrow(1, 1, 48).clone(), 0};
+  batch.targets.index_put_({0, 0}, -100);  // an ignored target, as padding would be
+  batch.target_tokens = batch.targets.ne(-100).sum().item<int64_t>();
+  return batch;
+}
+
+struct StepResult {
+  double loss = 0;
+  std::map<std::string, torch::Tensor> grads;  // on the CPU
+};
+
+// One forward and backward of `model` on the tiny batch, with every generator at `seed`.
+StepResult train_step(GPT2& model, Precision precision, torch::Device device,
+                      int64_t chunk_tokens = 0, uint64_t seed = 11) {
+  torch::manual_seed(seed);
+  torch::cuda::manual_seed_all(seed);
+  auto loss = lmtune::summed_token_loss(model, tiny_batch(), precision, device, chunk_tokens);
+  loss.backward();
+  StepResult result{loss.item<double>(), {}};
+  for (const auto& p : model->named_parameters())
+    if (p.value().grad().defined()) result.grads[p.key()] = p.value().grad().cpu();
+  return result;
+}
+
+// Every gradient within atol + rtol * |expected|, and the same set of them.
+void expect_close_grads(const StepResult& actual, const StepResult& expected, double rtol,
+                        double atol) {
+  ASSERT_EQ(actual.grads.size(), expected.grads.size());
+  for (const auto& [name, grad] : expected.grads) {
+    ASSERT_TRUE(actual.grads.count(name)) << name;
+    const auto& got = actual.grads.at(name);
+    EXPECT_TRUE(torch::allclose(got, grad, rtol, atol))
+        << name << ": max difference " << (got - grad).abs().max().item<double>();
+  }
+}
+
+}  // namespace
+
+TEST_F(CudaTest, Fp32LossAndGradientsMatchTheCpu) {
+  GPT2 cpu = tiny_model(/*dropout=*/0.0, torch::kCPU), gpu = tiny_model(0.0, kCuda);
+  auto expected = train_step(cpu, Precision::kFp32, torch::kCPU);
+  auto actual = train_step(gpu, Precision::kFp32, kCuda);
+  EXPECT_NEAR(actual.loss, expected.loss, 1e-5 * std::abs(expected.loss));
+  expect_close_grads(actual, expected, 1e-4, 1e-6);
+}
+
+TEST_F(CudaTest, CheckpointedGradientsEqualThePlainRunWithDropout) {
+  GPT2 plain = tiny_model(/*dropout=*/0.1, kCuda), checkpointed = tiny_model(0.1, kCuda);
+  checkpointed->set_gradient_checkpointing(1);
+  auto expected = train_step(plain, Precision::kFp32, kCuda);
+  auto actual = train_step(checkpointed, Precision::kFp32, kCuda);
+  EXPECT_EQ(actual.loss, expected.loss);  // identical dropout masks give the identical forward
+  expect_close_grads(actual, expected, 0, 1e-6);
+}
+
+TEST_F(CudaTest, CheckpointedBf16GradientsMatchThePlainRun) {
+  GPT2 plain = tiny_model(/*dropout=*/0.1, kCuda), checkpointed = tiny_model(0.1, kCuda);
+  checkpointed->set_gradient_checkpointing(2);
+  auto expected = train_step(plain, Precision::kBf16, kCuda);
+  expect_close_grads(train_step(checkpointed, Precision::kBf16, kCuda), expected, 0, 1e-5);
+}
+
+TEST_F(CudaTest, ChunkedLossEqualsThePlainPath) {
+  GPT2 plain = tiny_model(/*dropout=*/0.0, kCuda), chunked = tiny_model(0.0, kCuda);
+  auto expected = train_step(plain, Precision::kFp32, kCuda);
+  auto actual = train_step(chunked, Precision::kFp32, kCuda, /*chunk_tokens=*/40);
+  EXPECT_NEAR(actual.loss, expected.loss, 1e-5 * std::abs(expected.loss));
+  expect_close_grads(actual, expected, 1e-5, 1e-6);
+}
+
+TEST_F(CudaTest, MixedPrecisionStepsStayCloseToFp32WithFp32Gradients) {
+  GPT2 model = tiny_model(/*dropout=*/0.0, kCuda);
+  const double fp32 = train_step(model, Precision::kFp32, kCuda).loss;
+  for (Precision precision : {Precision::kBf16, Precision::kFp16}) {
+    model->zero_grad();
+    auto result = train_step(model, precision, kCuda);
+    EXPECT_NEAR(result.loss, fp32, 0.01 * fp32) << lmtune::enum_name(precision);
+    for (const auto& p : model->parameters()) {
+      ASSERT_TRUE(p.grad().defined());
+      EXPECT_EQ(p.dtype(), torch::kFloat32);  // master weights stay fp32
+      EXPECT_EQ(p.grad().dtype(), torch::kFloat32);
+      EXPECT_TRUE(torch::isfinite(p.grad()).all().item<bool>());
+    }
+  }
+}
+
+TEST_F(CudaTest, FusedAdamWMatchesTheCpu) {
+  auto make = [](torch::Device device) {
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(1);
+    auto p = torch::randn({300, 7}, generator).to(device).requires_grad_(true);
+    auto b = torch::randn({7}, generator).to(device).requires_grad_(true);
+    return std::vector<torch::Tensor>{p, b};
+  };
+  auto cpu = make(torch::kCPU), gpu = make(kCuda);
+  lmtune::AdamW cpu_opt({{{"p"}, {cpu[0]}, 0.1}, {{"b"}, {cpu[1]}, 0.0}}, {});
+  lmtune::AdamW gpu_opt({{{"p"}, {gpu[0]}, 0.1}, {{"b"}, {gpu[1]}, 0.0}}, {});
+  for (int step = 1; step <= 3; ++step) {
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(100 + step);
+    for (std::size_t i = 0; i < cpu.size(); ++i) {
+      auto grad = torch::randn(cpu[i].sizes(), generator);
+      cpu[i].mutable_grad() = grad.clone();
+      gpu[i].mutable_grad() = grad.to(kCuda);
+    }
+    cpu_opt.step(/*lr=*/1e-2);
+    gpu_opt.step(/*lr=*/1e-2);
+  }
+  for (std::size_t i = 0; i < cpu.size(); ++i)
+    EXPECT_TRUE(torch::allclose(gpu[i].cpu(), cpu[i], 1e-5, 1e-6)) << i;
+  EXPECT_EQ(gpu_opt.state()[0].step.item<float>(), 3.0f);
+}
+
+TEST_F(CudaTest, LossScalerSkipsAnInfStepOnTheDeviceAndBacksOff) {
+  auto p = torch::ones({4}, torch::TensorOptions().device(kCuda).requires_grad(true));
+  lmtune::AdamW adamw({{{"p"}, {p}, 0.0}}, {});
+  lmtune::LossScaler scaler(/*init_scale=*/1024, /*growth_interval=*/2, /*backoff=*/0.5, kCuda);
+  auto grad = torch::full({4}, 2048.0);
+  grad[1] = std::numeric_limits<float>::infinity();  // the injected overflow
+  p.mutable_grad() = grad.to(kCuda);
+  auto found_inf = torch::zeros({}, torch::TensorOptions().device(kCuda));
+  scaler.unscale({p}, found_inf);
+  adamw.step(/*lr=*/0.1, found_inf);
+  scaler.update(found_inf);
+  EXPECT_EQ(found_inf.item<float>(), 1.0f);
+  EXPECT_TRUE(torch::equal(p.cpu(), torch::ones({4})));
+  EXPECT_EQ(adamw.state()[0].step.item<float>(), 0.0f);
+  EXPECT_EQ(scaler.state().scale, 512.0);
+  EXPECT_EQ(scaler.take_skipped_steps(), 1);
+
+  p.mutable_grad() = torch::full({4}, 1024.0).to(kCuda);  // a finite step is unscaled and taken
+  found_inf.zero_();
+  scaler.unscale({p}, found_inf);
+  EXPECT_TRUE(torch::equal(p.grad().cpu(), torch::full({4}, 2.0)));
+  adamw.step(/*lr=*/0.1, found_inf);
+  scaler.update(found_inf);
+  EXPECT_FALSE(torch::equal(p.cpu(), torch::ones({4})));
+  EXPECT_EQ(adamw.state()[0].step.item<float>(), 1.0f);
+}
+
+TEST_F(CudaTest, PeakMemoryIsTheCachingAllocatorsPeak) {
+  const double before = lmtune::peak_memory_mb(kCuda);
+  {
+    auto big = torch::empty({256, 1024, 1024}, torch::TensorOptions().device(kCuda));  // 1 GiB
+    big.fill_(1.0f);
+    torch::cuda::synchronize();
+  }
+  const double after = lmtune::peak_memory_mb(kCuda);
+  EXPECT_GE(after, 1024.0);
+  EXPECT_GE(after, before);
+}
+
+TEST_F(CudaTest, CheckpointedRngStateRestoresTheCudaGenerator) {
+  torch::cuda::manual_seed_all(42);
+  lmtune::TrainerState state;
+  lmtune::capture_rng_state(state);
+  ASSERT_EQ(state.cuda_rng_states.size(), static_cast<std::size_t>(torch::cuda::device_count()));
+  auto first = torch::rand({1000}, torch::TensorOptions().device(kCuda)).cpu();
+  lmtune::restore_rng_state(state);
+  auto again = torch::rand({1000}, torch::TensorOptions().device(kCuda)).cpu();
+  EXPECT_TRUE(torch::equal(first, again));
+}
