@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include "lmtune/io/remove_tree.h"
+
 class TempDirTest : public testing::Test {
  protected:
   void SetUp() override {
@@ -16,10 +18,10 @@ class TempDirTest : public testing::Test {
             std::string(testing::UnitTest::GetInstance()->current_test_info()->test_suite_name()) +
             "_" + std::to_string(::getpid()) + "_" +
             testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
+    lmtune::remove_tree(dir_);
     std::filesystem::create_directories(dir_);
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void TearDown() override { lmtune::remove_tree(dir_); }
 
   std::filesystem::path dir_;
 };

@@ -1,9 +1,11 @@
-// Unit tests of the safetensors reader and writer, including truncated and hostile files.
+// Unit tests of the safetensors reader and writer, including truncated and hostile files, and
+// of remove_tree, which checkpoints and caches are removed with.
 #include <fstream>
 
 #include <gtest/gtest.h>
 
 #include "lmtune/core/errors.h"
+#include "lmtune/io/remove_tree.h"
 #include "lmtune/io/safetensors.h"
 #include "temp_dir_test.h"
 
@@ -109,3 +111,20 @@ TEST_F(SafetensorsTest, FailedWriteLeavesTheOldFileIntact) {
 }
 
 }  // namespace
+
+TEST_F(SafetensorsTest, RemoveTreeRemovesNestedFilesButNotWhatALinkPointsTo) {
+  const fs::path outside = dir_ / "outside.txt";
+  std::ofstream(outside) << "kept";
+  const fs::path tree = dir_ / "tree";
+  fs::create_directories(tree / "a" / "b");
+  std::ofstream(tree / "a" / "b" / "file") << "x";
+  std::ofstream(tree / "top") << "y";
+  fs::create_symlink(outside, tree / "a" / "link");
+  fs::create_directory_symlink(dir_, tree / "dir-link");
+
+  lmtune::remove_tree(tree);
+  EXPECT_FALSE(fs::exists(fs::symlink_status(tree)));
+  EXPECT_TRUE(fs::exists(outside));  // links are removed, never followed
+  std::error_code error;
+  EXPECT_TRUE(lmtune::remove_tree(tree, error)) << error.message();  // gone already: no error
+}

@@ -12,6 +12,7 @@
 #include "lmtune/data/cleaning.h"
 #include "lmtune/data/reader.h"
 #include "lmtune/data/token_cache.h"
+#include "lmtune/io/remove_tree.h"
 #include "lmtune/io/tokenizer.h"
 
 namespace lmtune {
@@ -206,7 +207,7 @@ PreparedData open_splits(const fs::path& dir, int64_t seq_len, PrepareReport rep
 // The complete cache in `dir` made with `key`, if there is one. A damaged one is removed.
 std::optional<PreparedData> open_cache(const fs::path& dir, const json& key, int64_t seq_len) {
   if (!fs::exists(dir / kCacheMetaFile)) {
-    fs::remove_all(dir);  // not published by prepare_data, which renames complete caches only
+    remove_tree(dir);  // not published by prepare_data, which renames complete caches only
     return std::nullopt;
   }
   try {
@@ -218,7 +219,7 @@ std::optional<PreparedData> open_cache(const fs::path& dir, const json& key, int
     return open_splits(dir, seq_len, std::move(report));
   } catch (const std::exception& e) {
     spdlog::warn("rebuilding the token cache {}: {}", dir.string(), e.what());
-    fs::remove_all(dir);
+    remove_tree(dir);
     return std::nullopt;
   }
 }
@@ -240,7 +241,7 @@ void build_cache(const DataConfig& config, const Tokenizer& tokenizer, const jso
     json meta = {{"key", key}, {"report", report.to_json()}};
     write_synced(build_dir / kCacheMetaFile, meta.dump(2) + "\n");
   } catch (...) {
-    fs::remove_all(build_dir);
+    remove_tree(build_dir);
     throw;
   }
   publish_cache(build_dir, dir);

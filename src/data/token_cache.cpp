@@ -9,6 +9,7 @@
 
 #include "lmtune/core/errors.h"
 #include "lmtune/data/hash.h"
+#include "lmtune/io/remove_tree.h"
 #include "lmtune/io/tokenizer.h"
 
 namespace lmtune {
@@ -204,7 +205,7 @@ fs::path make_build_dir(const fs::path& cache_root, const std::string& name) {
                 error.message());
   // The process id keeps two concurrent prepares of the same data apart.
   fs::path dir = cache_root / (".build-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  remove_tree(dir);
   fs::create_directory(dir);
   return dir;
 }
@@ -214,7 +215,7 @@ void publish_cache(const fs::path& build_dir, const fs::path& final_dir) {
     if (errno != EEXIST && errno != ENOTEMPTY)
       throw Error(
           system_error("cannot rename " + build_dir.string() + " to " + final_dir.string()));
-    fs::remove_all(build_dir);  // another prepare published the same cache first
+    remove_tree(build_dir);  // another prepare published the same cache first
     return;
   }
   // Syncing the parent makes the rename itself durable; a failure only risks a rebuild.

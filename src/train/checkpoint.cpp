@@ -16,6 +16,7 @@
 #include "lmtune/core/version.h"
 #include "lmtune/data/hash.h"
 #include "lmtune/io/mapped_file.h"
+#include "lmtune/io/remove_tree.h"
 #include "lmtune/io/safetensors.h"
 #include "lmtune/io/tokenizer.h"
 
@@ -222,7 +223,7 @@ fs::path save_checkpoint(const fs::path& run_dir, const GPT2& model, const Token
   const fs::path final_dir = checkpoint_dir(run_dir, state.step);
   const fs::path tmp = final_dir.parent_path() / (kTempPrefix + std::to_string(state.step) + "-" +
                                                   std::to_string(::getpid()));
-  fs::remove_all(tmp);
+  remove_tree(tmp);
   fs::create_directories(tmp);
   try {
     save_gpt2(model, tmp, &tokenizer);  // config.json, model.safetensors, tokenizer: loads in HF
@@ -241,11 +242,11 @@ fs::path save_checkpoint(const fs::path& run_dir, const GPT2& model, const Token
     for (const auto& entry : fs::directory_iterator(tmp))
       complete["files"][entry.path().filename().string()] = file_checksum(entry.path());
     write_file_atomically(tmp / kCompleteFile, complete.dump(2) + "\n");
-    if (fs::exists(final_dir)) fs::remove_all(final_dir);  // a stale copy of this very step
+    if (fs::exists(final_dir)) remove_tree(final_dir);  // a stale copy of this very step
     fs::rename(tmp, final_dir);
   } catch (...) {
     std::error_code ignored;
-    fs::remove_all(tmp, ignored);
+    remove_tree(tmp, ignored);
     throw;
   }
   return final_dir;
@@ -341,7 +342,7 @@ void apply_retention(const fs::path& run_dir, int64_t keep_last) {
     std::string name = entry.path().filename().string();
     bool ours = name.size() >= own_suffix.size() &&
                 name.compare(name.size() - own_suffix.size(), own_suffix.size(), own_suffix) == 0;
-    if (name.rfind(kTempPrefix, 0) == 0 && !ours) fs::remove_all(entry.path());  // a crashed save
+    if (name.rfind(kTempPrefix, 0) == 0 && !ours) remove_tree(entry.path());  // a crashed save
   }
   std::vector<fs::path> complete;
   for (const auto& dir : list_checkpoints(run_dir))
@@ -358,7 +359,7 @@ void apply_retention(const fs::path& run_dir, int64_t keep_last) {
   }
   for (std::size_t i = static_cast<std::size_t>(keep_last); i < complete.size(); ++i) {
     if (best && complete[i] == *best) continue;
-    fs::remove_all(complete[i]);
+    remove_tree(complete[i]);
   }
 }
 

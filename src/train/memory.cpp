@@ -2,6 +2,7 @@
 
 #include <sys/resource.h>
 
+#include <ATen/Context.h>
 #include <ATen/DeviceAccelerator.h>
 
 namespace lmtune {
@@ -9,6 +10,8 @@ namespace lmtune {
 double peak_memory_mb(torch::Device device) {
   constexpr double kMiB = 1024.0 * 1024.0;
   if (device.is_cuda()) {
+    // The caching allocator has no statistics before CUDA is initialised (no tensor yet).
+    at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
     auto stats = at::accelerator::getDeviceStats(device.has_index() ? device.index() : 0);
     // allocated_bytes[0] aggregates every pool of the allocator.
     return static_cast<double>(stats.allocated_bytes[0].peak) / kMiB;

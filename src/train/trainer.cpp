@@ -7,6 +7,7 @@
 
 #include "lmtune/core/errors.h"
 #include "lmtune/core/runtime.h"
+#include "lmtune/io/remove_tree.h"
 #include "lmtune/io/safetensors.h"
 #include "lmtune/train/freeze.h"
 #include "lmtune/train/memory.h"
@@ -369,15 +370,15 @@ void Trainer::save_final() {
   fs::path final_dir = fs::path(config_.run.output_dir) / "final";
   fs::path tmp = final_dir;
   tmp += ".tmp";
-  fs::remove_all(tmp);
+  remove_tree(tmp);
   save_gpt2(model_, tmp, tokenizer_.get());
   // A resumed run that trains past an earlier end replaces that run's final/.
   fs::path previous = final_dir;
   previous += ".previous";
-  fs::remove_all(previous);
+  remove_tree(previous);
   if (fs::exists(final_dir)) fs::rename(final_dir, previous);
   fs::rename(tmp, final_dir);
-  fs::remove_all(previous);
+  remove_tree(previous);
 }
 
 }  // namespace lmtune
