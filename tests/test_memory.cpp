@@ -116,12 +116,13 @@ TEST(ChunkedLoss, TrainingStepMatchesThePlainLoss) {
 TEST(ChunkedLoss, AutoRuleChunksOnlyLargeLogits) {
   lmtune::TrainConfig train;
   train.micro_batch_size = 8;
-  EXPECT_GT(lmtune::resolve_loss_chunk_tokens(train, 512, 50257), 0);  // 823 MB of logits
-  EXPECT_EQ(lmtune::resolve_loss_chunk_tokens(train, 32, 50), 0);
+  EXPECT_GT(lmtune::resolve_loss_chunk_tokens(train, 512, 50257, torch::kCPU),
+            0);  // 823 MB of logits
+  EXPECT_EQ(lmtune::resolve_loss_chunk_tokens(train, 32, 50, torch::kCPU), 0);
   train.chunked_loss = lmtune::ChunkedLoss::kOn;
-  EXPECT_EQ(lmtune::resolve_loss_chunk_tokens(train, 32, 50), train.loss_chunk_tokens);
+  EXPECT_EQ(lmtune::resolve_loss_chunk_tokens(train, 32, 50, torch::kCPU), train.loss_chunk_tokens);
   train.chunked_loss = lmtune::ChunkedLoss::kOff;
-  EXPECT_EQ(lmtune::resolve_loss_chunk_tokens(train, 512, 50257), 0);
+  EXPECT_EQ(lmtune::resolve_loss_chunk_tokens(train, 512, 50257, torch::kCPU), 0);
 }
 
 TEST(LossScaler, InfGradientSkipsTheStepAndBacksOff) {

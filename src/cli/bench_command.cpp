@@ -47,8 +47,9 @@ void add_bench_command(CLI::App& app) {
   command->add_option("--device", args->device, "auto (CUDA when present), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
-  command->add_option("--chunked-loss", args->chunked_loss,
-                      "The loss in chunks of tokens: auto (the trainer's rule), on or off")
+  command
+      ->add_option("--chunked-loss", args->chunked_loss,
+                   "The loss in chunks of tokens: auto (the trainer's rule), on or off")
       ->check(CLI::IsMember({"auto", "on", "off"}))
       ->capture_default_str();
   command->callback([args] {

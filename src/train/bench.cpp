@@ -161,7 +161,7 @@ BenchResult run_bench(const BenchOptions& o) {
                  synthetic_batch(o, device),
                  o.precision,
                  device,
-                 resolve_loss_chunk_tokens(train, o.seq, o.vocab)};
+                 resolve_loss_chunk_tokens(train, o.seq, o.vocab, device)};
   for (const auto& group : optimizer.groups())
     step.params.insert(step.params.end(), group.params.begin(), group.params.end());
   for (const auto& p : step.params) result.parameters += p.numel();

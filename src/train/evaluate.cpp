@@ -3,6 +3,8 @@
 #include <cmath>
 #include <numeric>
 
+#include <ATen/DeviceAccelerator.h>
+
 #include "lmtune/model/chunked_loss.h"
 #include "lmtune/train/precision.h"
 
@@ -37,10 +39,20 @@ torch::Tensor summed_token_loss(GPT2& model, const Batch& batch, Precision preci
       torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
 }
 
-int64_t resolve_loss_chunk_tokens(const TrainConfig& train, int64_t seq_len, int64_t vocab_size) {
+int64_t chunked_loss_auto_bytes(torch::Device device) {
+  if (!device.is_cuda()) return kChunkedLossAutoBytes;
+  const auto [free_bytes, total_bytes] =
+      at::accelerator::getMemoryInfo(device.has_index() ? device.index() : 0);
+  (void)free_bytes;
+  return static_cast<int64_t>(total_bytes / 8);
+}
+
+int64_t resolve_loss_chunk_tokens(const TrainConfig& train, int64_t seq_len, int64_t vocab_size,
+                                  torch::Device device) {
   if (train.chunked_loss == ChunkedLoss::kOff) return 0;
   const int64_t logits_bytes = train.micro_batch_size * seq_len * vocab_size * 4;  // fp32
-  if (train.chunked_loss == ChunkedLoss::kAuto && logits_bytes <= kChunkedLossAutoBytes) return 0;
+  if (train.chunked_loss == ChunkedLoss::kAuto && logits_bytes <= chunked_loss_auto_bytes(device))
+    return 0;
   return train.loss_chunk_tokens;
 }
 

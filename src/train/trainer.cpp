@@ -167,7 +167,7 @@ void Trainer::setup_memory_levers() {
                     config_.model.checkpoint_every));
   }
   loss_chunk_tokens_ =
-      resolve_loss_chunk_tokens(train, config_.data.seq_len, model_->config().vocab_size);
+      resolve_loss_chunk_tokens(train, config_.data.seq_len, model_->config().vocab_size, device_);
   if (loss_chunk_tokens_ > 0)
     progress_->message(fmt::format("chunked loss: {} tokens per chunk (train.chunked_loss: {})",
                                    loss_chunk_tokens_, enum_name(train.chunked_loss)));

@@ -213,3 +213,11 @@ TEST_F(CudaTest, CheckpointedRngStateRestoresTheCudaGenerator) {
   auto again = torch::rand({1000}, torch::TensorOptions().device(kCuda)).cpu();
   EXPECT_TRUE(torch::equal(first, again));
 }
+
+TEST_F(CudaTest, AutoChunkedLossFollowsTheGpusMemory) {
+  lmtune::TrainConfig train;
+  train.micro_batch_size = 16;  // GPT-2 124M at 16 x 1024: 3.3 GB of logits, plain on any GPU
+  EXPECT_EQ(lmtune::resolve_loss_chunk_tokens(train, 1024, 50257, kCuda), 0);
+  train.micro_batch_size = 1024;  // 211 GB of logits: chunked on any GPU
+  EXPECT_EQ(lmtune::resolve_loss_chunk_tokens(train, 1024, 50257, kCuda), train.loss_chunk_tokens);
+}

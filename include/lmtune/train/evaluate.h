@@ -19,14 +19,21 @@ torch::Tensor summed_token_loss(GPT2& model, const Batch& batch, Precision preci
                                 torch::Device device, int64_t loss_chunk_tokens = 0);
 
 // Above this many bytes of fp32 logits per micro-batch (B x T x V x 4), chunked_loss: auto
-// chooses the chunked loss. At 8 x 512 x 50257 (823 MB of logits) it measured 1.7 GB lower peak
-// memory (docs/benchmarks.md); below the threshold the plain path holds little enough that the
-// extra vocabulary projection in backward is not worth it (a judgement, see docs/memory.md).
+// chooses the chunked loss on a CPU. At 8 x 512 x 50257 (823 MB of logits) it measured 1.7 GB
+// lower peak memory (docs/benchmarks.md); below the threshold the plain path holds little enough
+// that the extra vocabulary projection in backward is not worth it (a judgement, see
+// docs/memory.md).
 inline constexpr int64_t kChunkedLossAutoBytes = int64_t{64} << 20;  // 64 MiB
 
+// The auto threshold on `device`: kChunkedLossAutoBytes on a CPU; an eighth of the GPU's memory
+// on a GPU, where the plain loss measured 1.38x faster than the chunked one for GPT-2 124M at
+// 16 x 1024 tokens (3.3 GB of logits) on an H200, for 8.6 GB more peak memory.
+int64_t chunked_loss_auto_bytes(torch::Device device);
+
 // train.chunked_loss resolved for micro-batches of seq_len tokens over a vocabulary of
-// vocab_size: tokens per chunk, or 0 for the plain loss.
-int64_t resolve_loss_chunk_tokens(const TrainConfig& train, int64_t seq_len, int64_t vocab_size);
+// vocab_size on `device`: tokens per chunk, or 0 for the plain loss.
+int64_t resolve_loss_chunk_tokens(const TrainConfig& train, int64_t seq_len, int64_t vocab_size,
+                                  torch::Device device);
 
 struct EvalResult {
   double loss = 0;        // mean cross-entropy per target token (nats)
