@@ -17,7 +17,7 @@ using lmtune::GPT2Config;
 
 namespace {
 
-GPT2 tiny_model(double dropout = 0.1) {
+GPT2 lever_model(double dropout = 0.1) {
   GPT2Config c;
   c.n_layer = 3;
   c.n_head = 2;
@@ -65,14 +65,14 @@ void expect_same_grads(const std::map<std::string, torch::Tensor>& a,
 }  // namespace
 
 TEST(ActivationCheckpoint, GradientsEqualThePlainRunWithDropout) {
-  GPT2 plain = tiny_model(), checkpointed = tiny_model();
+  GPT2 plain = lever_model(), checkpointed = lever_model();
   checkpointed->set_gradient_checkpointing(1);
   auto expected = step_grads(plain, lmtune::Precision::kFp32);
   expect_same_grads(step_grads(checkpointed, lmtune::Precision::kFp32), expected, 1e-6);
 }
 
 TEST(ActivationCheckpoint, EveryOtherBlockAndBf16AutocastMatchThePlainRun) {
-  GPT2 plain = tiny_model(), checkpointed = tiny_model();
+  GPT2 plain = lever_model(), checkpointed = lever_model();
   checkpointed->set_gradient_checkpointing(2);
   auto expected = step_grads(plain, lmtune::Precision::kBf16);
   expect_same_grads(step_grads(checkpointed, lmtune::Precision::kBf16), expected, 1e-5);
@@ -107,7 +107,7 @@ TEST(ChunkedLoss, LossAndGradientsEqualThePlainPath) {
 }
 
 TEST(ChunkedLoss, TrainingStepMatchesThePlainLoss) {
-  GPT2 plain = tiny_model(), chunked = tiny_model();
+  GPT2 plain = lever_model(), chunked = lever_model();
   auto expected = step_grads(plain, lmtune::Precision::kFp32);
   expect_same_grads(step_grads(chunked, lmtune::Precision::kFp32, /*chunk_tokens=*/5), expected,
                     1e-6);
@@ -171,7 +171,7 @@ TEST(NonFiniteStreak, CountsConsecutiveNonFiniteSteps) {
 }
 
 TEST(Freeze, FrozenParametersGetNoGradientNoStateAndDoNotChange) {
-  GPT2 model = tiny_model(/*dropout=*/0.0);
+  GPT2 model = lever_model(/*dropout=*/0.0);
   lmtune::TrainConfig train;
   train.freeze_embeddings = true;
   train.freeze_layers = 2;
@@ -198,7 +198,7 @@ TEST(Freeze, FrozenParametersGetNoGradientNoStateAndDoNotChange) {
 }
 
 TEST(Freeze, MoreLayersThanTheModelHasIsAnErrorNamingTheKey) {
-  GPT2 model = tiny_model();
+  GPT2 model = lever_model();
   lmtune::TrainConfig train;
   train.freeze_layers = 4;
   try {
@@ -210,7 +210,7 @@ TEST(Freeze, MoreLayersThanTheModelHasIsAnErrorNamingTheKey) {
 }
 
 TEST(Precision, Bf16TrainingStepRunsOnTheCpuCloseToFp32) {
-  GPT2 model = tiny_model(/*dropout=*/0.0);
+  GPT2 model = lever_model(/*dropout=*/0.0);
   auto batch = tiny_batch();
   auto fp32 = lmtune::summed_token_loss(model, batch, lmtune::Precision::kFp32, torch::kCPU);
   auto bf16 = lmtune::summed_token_loss(model, batch, lmtune::Precision::kBf16, torch::kCPU);

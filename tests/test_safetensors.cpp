@@ -110,8 +110,6 @@ TEST_F(SafetensorsTest, FailedWriteLeavesTheOldFileIntact) {
   EXPECT_TRUE(torch::equal(file.read(*file.find("w")), torch::ones({4})));
 }
 
-}  // namespace
-
 TEST_F(SafetensorsTest, RemoveTreeRemovesNestedFilesButNotWhatALinkPointsTo) {
   const fs::path outside = dir_ / "outside.txt";
   std::ofstream(outside) << "kept";
@@ -128,3 +126,5 @@ TEST_F(SafetensorsTest, RemoveTreeRemovesNestedFilesButNotWhatALinkPointsTo) {
   std::error_code error;
   EXPECT_TRUE(lmtune::remove_tree(tree, error)) << error.message();  // gone already: no error
 }
+
+}  // namespace
