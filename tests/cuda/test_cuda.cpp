@@ -19,10 +19,7 @@ using lmtune::GPT2;
 using lmtune::GPT2Config;
 using lmtune::Precision;
 
-namespace {
-
-const torch::Device kCuda(torch::kCUDA, 0);
-
+// Outside the anonymous namespace: the TEST_F classes derive from it.
 class CudaTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -32,6 +29,10 @@ class CudaTest : public ::testing::Test {
     at::globalContext().setAllowTF32CuDNN(false);
   }
 };
+
+namespace {
+
+const torch::Device kCuda(torch::kCUDA, 0);
 
 GPT2 tiny_model(double dropout, torch::Device device) {
   GPT2Config c;

@@ -241,9 +241,9 @@ struct TrainConfig {
     v(max_grad_norm,
       Field("max_grad_norm", "Clip the global gradient norm to this; 0 disables clipping.").min(0));
     v(chunked_loss, Field("chunked_loss",
-                          "auto, on or off: compute the vocabulary projection and the loss in "
-                          "chunks of loss_chunk_tokens tokens, recomputed in backward, so the "
-                          "full logits never exist."));
+                          "auto, on or off: compute the vocabulary projection, the loss and its "
+                          "gradients in chunks of loss_chunk_tokens tokens, so the full logits "
+                          "never exist."));
     v(loss_chunk_tokens,
       Field("loss_chunk_tokens", "Tokens per chunk of the chunked loss.").min(1));
     v(freeze_embeddings,
