@@ -50,7 +50,7 @@ read -r base_mb base_s < <(run plain --set train.chunked_loss=off)
 echo "| plain | $base_mb | 100% | $base_s | 1.00x |"
 for variant in "checkpointing:--set model.gradient_checkpointing=true --set train.chunked_loss=off" \
                "chunked loss:--set train.chunked_loss=on" \
-               "chunked loss, 256-token chunks:--set train.chunked_loss=on --set train.loss_chunk_tokens=256" \
+               "chunked loss, 1024-token chunks:--set train.chunked_loss=on --set train.loss_chunk_tokens=1024" \
                "both:--set model.gradient_checkpointing=true --set train.chunked_loss=on"; do
   name=${variant%%:*}
   # shellcheck disable=SC2086

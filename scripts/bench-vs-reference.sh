@@ -33,10 +33,13 @@ args=("$@")
 # lmtune's 0 means every core; naming it keeps them equal on any machine.
 [[ " ${args[*]} " == *" --threads "* ]] || args+=(--threads "$(nproc)")
 
-# The peers know the shape options only, not lmtune's own (--chunked-loss).
+# The peers know the shape options only, not lmtune's own loss options.
 peer_shape=()
 for ((i = 0; i < ${#args[@]}; i++)); do
-  if [[ "${args[i]}" == --chunked-loss ]]; then ((i += 1)); else peer_shape+=("${args[i]}"); fi
+  case "${args[i]}" in
+    --chunked-loss | --loss-chunk-tokens) ((i += 1)) ;;
+    *) peer_shape+=("${args[i]}") ;;
+  esac
 done
 
 echo "# $(date -u +%FT%TZ) $(uptime | sed 's/.*load/load/'), args: ${args[*]}"

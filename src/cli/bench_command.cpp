@@ -26,6 +26,7 @@ void add_shape_options(CLI::App& command, BenchOptions& o) {
   positive("--batch", o.batch, "Sequences per step");
   positive("--seq", o.seq, "Tokens per sequence");
   positive("--steps", o.steps, "Timed steps");
+  positive("--loss-chunk-tokens", o.loss_chunk_tokens, "Tokens per chunk of the chunked loss");
   command.add_option("--warmup", o.warmup, "Untimed steps first")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();

@@ -155,6 +155,7 @@ BenchResult run_bench(const BenchOptions& o) {
   TrainConfig train;  // the defaults: which loss the trainer picks for this shape
   train.micro_batch_size = o.batch;
   train.chunked_loss = o.chunked_loss;
+  train.loss_chunk_tokens = o.loss_chunk_tokens;
   BenchStep step{model,
                  optimizer,
                  {},

@@ -41,9 +41,8 @@ torch::Tensor summed_token_loss(GPT2& model, const Batch& batch, Precision preci
 
 int64_t chunked_loss_auto_bytes(torch::Device device) {
   if (!device.is_cuda()) return kChunkedLossAutoBytes;
-  const auto [free_bytes, total_bytes] =
-      at::accelerator::getMemoryInfo(device.has_index() ? device.index() : 0);
-  (void)free_bytes;
+  const std::size_t total_bytes =
+      at::accelerator::getMemoryInfo(device.has_index() ? device.index() : 0).second;
   return static_cast<int64_t>(total_bytes / 8);
 }
 

@@ -206,7 +206,7 @@ struct TrainConfig {
   int64_t warmup_steps = 0;    // linear warmup from 0 to lr
   double max_grad_norm = 1.0;  // clip the global gradient norm; 0 disables clipping
   ChunkedLoss chunked_loss = ChunkedLoss::kAuto;  // vocabulary projection + loss in chunks
-  int64_t loss_chunk_tokens = 1024;               // tokens per chunk of the chunked loss
+  int64_t loss_chunk_tokens = 512;                // tokens per chunk of the chunked loss
   bool freeze_embeddings = false;             // wte and wpe get no gradient and no optimizer state
   int64_t freeze_layers = 0;                  // the first N blocks are frozen
   double loss_scale_init = 65536.0;           // fp16: initial dynamic loss scale

@@ -26,7 +26,8 @@ struct BenchOptions {
   int64_t warmup = 3;   // untimed steps before them
   int64_t threads = 0;  // LibTorch intra-op threads; 0 = every core
   Device device = Device::kCpu;
-  ChunkedLoss chunked_loss = ChunkedLoss::kAuto;  // as train.chunked_loss
+  ChunkedLoss chunked_loss = ChunkedLoss::kAuto;                // as train.chunked_loss
+  int64_t loss_chunk_tokens = TrainConfig{}.loss_chunk_tokens;  // as train.loss_chunk_tokens
 };
 
 struct BenchResult {
