@@ -3,6 +3,7 @@
 
 #include "commands.h"
 #include "lmtune/core/errors.h"
+#include "lmtune/core/schema.h"
 #include "lmtune/train/bench.h"
 
 namespace lmtune::cli {
@@ -58,13 +59,10 @@ void add_bench_command(CLI::App& app) {
     if (o.n_embd % o.n_head != 0)
       throw UsageError("--n-embd (" + std::to_string(o.n_embd) +
                        ") must be a multiple of --n-head (" + std::to_string(o.n_head) + ")");
-    o.precision = args->precision == "fp32" ? Precision::kFp32 : Precision::kBf16;
-    o.device = args->device == "cuda"  ? Device::kCuda
-               : args->device == "cpu" ? Device::kCpu
-                                       : Device::kAuto;
-    o.chunked_loss = args->chunked_loss == "on"    ? ChunkedLoss::kOn
-                     : args->chunked_loss == "off" ? ChunkedLoss::kOff
-                                                   : ChunkedLoss::kAuto;
+    // CLI11 has checked each value against the names the enums are read from.
+    o.precision = *enum_from_name<Precision>(args->precision);
+    o.device = *enum_from_name<Device>(args->device);
+    o.chunked_loss = *enum_from_name<ChunkedLoss>(args->chunked_loss);
     std::cout << bench_json(o, run_bench(o)).dump() << std::endl;
   });
 }

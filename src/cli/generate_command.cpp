@@ -11,6 +11,7 @@
 #include "lmtune/infer/generate.h"
 #include "lmtune/io/tokenizer.h"
 #include "lmtune/model/gpt2.h"
+#include "lmtune/train/setup.h"
 
 namespace lmtune::cli {
 namespace {
@@ -24,15 +25,6 @@ struct GenerateArgs {
   std::string device = "auto";
   bool no_cache = false;
 };
-
-torch::Device pick_device(const std::string& name) {
-  if (name == "cpu") return torch::kCPU;
-  if (name == "cuda") {
-    if (!torch::cuda::is_available()) throw UsageError("--device cuda: no CUDA device is visible");
-    return torch::kCUDA;
-  }
-  return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
-}
 
 // The prompts of a .jsonl file (one {"prompt": ...} object per line).
 std::vector<std::string> read_prompts(const std::string& path) {
@@ -69,7 +61,7 @@ std::string continue_prompt(GPT2& model, const Tokenizer& tokenizer, const std::
 
 void run(const GenerateArgs& args) {
   set_threads(args.threads);
-  torch::Device device = pick_device(args.device);
+  torch::Device device = resolve_device(*enum_from_name<Device>(args.device), "--device");
   auto tokenizer = load_tokenizer(args.model_dir);
   GPT2 model = load_gpt2(args.model_dir, device);
   GenerateOptions options = args.options;

@@ -38,38 +38,49 @@ struct LossWithGradients : torch::autograd::Function<LossWithGradients> {
   }
 };
 
-// Each chunk's loss and gradients in one pass; see chunked_lm_loss_sum.
-torch::Tensor loss_with_gradients_now(const torch::Tensor& hidden, const torch::Tensor& weight,
-                                      const torch::Tensor& targets, int64_t chunk_tokens) {
-  const bool need_hidden = hidden.requires_grad(), need_weight = weight.requires_grad();
-  torch::Tensor grad_hidden = need_hidden ? torch::empty_like(hidden) : torch::Tensor();
-  torch::Tensor grad_weight;  // (V, C), accumulated over chunks in weight's dtype
-  auto total = torch::zeros({}, hidden.options().dtype(torch::kFloat32));
+struct ChunkGradients {
+  torch::Tensor loss;         // fp32 scalar, the sum over the chunks
+  torch::Tensor grad_hidden;  // (N, C), or undefined when not wanted
+  torch::Tensor grad_weight;  // (V, C), accumulated over the chunks, or undefined
+};
+
+// The loss and its gradients, chunk by chunk: each chunk's loss under `autocast`, then its
+// gradients without autocast, as the autograd engine's own backward runs (under autocast,
+// backward's matmuls would be cast again: to LibTorch's slow bf16 kernel on a CPU without bf16
+// instructions). A defined grad_output scales the gradients on their way.
+ChunkGradients chunk_gradients(const torch::Tensor& hidden, const torch::Tensor& weight,
+                               const torch::Tensor& targets, int64_t chunk_tokens, bool need_hidden,
+                               bool need_weight, const detail::AutocastState& autocast,
+                               const torch::Tensor& grad_output) {
+  ChunkGradients out;
+  out.loss = torch::zeros({}, hidden.options().dtype(torch::kFloat32));
+  if (need_hidden) out.grad_hidden = torch::empty_like(hidden);
   auto w = weight.detach().requires_grad_(need_weight);
-  detail::AutocastCacheOff no_cache;
   for (int64_t start = 0; start < hidden.size(0); start += chunk_tokens) {
     const int64_t n = std::min(chunk_tokens, hidden.size(0) - start);
     auto h = hidden.narrow(0, start, n).detach().requires_grad_(need_hidden);  // (n, C)
-    auto loss = chunk_loss_sum(h, w, targets.narrow(0, start, n));
+    torch::Tensor loss;
+    {
+      detail::RecomputeScope scope(autocast);
+      loss = chunk_loss_sum(h, w, targets.narrow(0, start, n));
+    }
     std::vector<torch::Tensor> wrt;
     if (need_hidden) wrt.push_back(h);
     if (need_weight) wrt.push_back(w);
     variable_list grads;
     {
-      // Backward runs without autocast, as the autograd engine's backward pass would: under it,
-      // backward's matmuls would be cast again (to LibTorch's slow bf16 kernel on a CPU without
-      // bf16 instructions).
       detail::RecomputeScope no_autocast(detail::AutocastState{});
-      grads = torch::autograd::grad({loss}, wrt);
+      grads = grad_output.defined() ? torch::autograd::grad({loss}, wrt, {grad_output})
+                                    : torch::autograd::grad({loss}, wrt);
     }
-    if (need_hidden) grad_hidden.narrow(0, start, n).copy_(grads[0]);
+    if (need_hidden) out.grad_hidden.narrow(0, start, n).copy_(grads[0]);
     if (need_weight) {
       const auto& g = grads.back();
-      grad_weight = grad_weight.defined() ? grad_weight.add_(g) : g;
+      out.grad_weight = out.grad_weight.defined() ? out.grad_weight.add_(g) : g;
     }
-    total += loss.detach();
+    out.loss += loss.detach();
   }
-  return LossWithGradients::apply(hidden, weight, total, grad_hidden, grad_weight);
+  return out;
 }
 
 // Under fp16 autocast the gradients must be computed already scaled by the loss scaler (which
@@ -109,28 +120,9 @@ struct ChunkedLossFunction : torch::autograd::Function<ChunkedLossFunction> {
     torch::Tensor hidden = saved[0].detach(), weight = saved[1].detach(), targets = saved[2];
     const bool need_hidden = ctx->needs_input_grad(0), need_weight = ctx->needs_input_grad(1);
 
-    torch::Tensor grad_hidden = need_hidden ? torch::empty_like(hidden) : torch::Tensor();
-    torch::Tensor grad_weight;  // (V, C), accumulated over chunks in weight's dtype
-    auto w = weight.requires_grad_(need_weight);
-    for (int64_t start = 0; start < hidden.size(0); start += chunk_tokens) {
-      const int64_t n = std::min(chunk_tokens, hidden.size(0) - start);
-      auto h = hidden.narrow(0, start, n).detach().requires_grad_(need_hidden);  // (n, C)
-      torch::Tensor loss;
-      {
-        detail::RecomputeScope scope(autocast->state);
-        loss = chunk_loss_sum(h, w, targets.narrow(0, start, n));
-      }
-      std::vector<torch::Tensor> wrt;
-      if (need_hidden) wrt.push_back(h);
-      if (need_weight) wrt.push_back(w);
-      auto grads = torch::autograd::grad({loss}, wrt, {grad_outputs[0]});
-      if (need_hidden) grad_hidden.narrow(0, start, n).copy_(grads[0]);
-      if (need_weight) {
-        const auto& g = grads.back();
-        grad_weight = grad_weight.defined() ? grad_weight.add_(g) : g;
-      }
-    }
-    return {grad_hidden, grad_weight, torch::Tensor(), torch::Tensor()};
+    auto grads = chunk_gradients(hidden, weight, targets, chunk_tokens, need_hidden, need_weight,
+                                 autocast->state, grad_outputs[0]);
+    return {grads.grad_hidden, grads.grad_weight, torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -144,8 +136,13 @@ torch::Tensor chunked_lm_loss_sum(const torch::Tensor& hidden, const torch::Tens
   TORCH_CHECK(chunk_tokens > 0, "chunked_lm_loss_sum: chunk_tokens must be positive");
   const bool gradients_wanted =
       torch::GradMode::is_enabled() && (hidden.requires_grad() || weight.requires_grad());
-  if (gradients_wanted && !recompute && !fp16_autocast())
-    return loss_with_gradients_now(hidden, weight, targets, chunk_tokens);
+  if (gradients_wanted && !recompute && !fp16_autocast()) {
+    // Each chunk differentiated as soon as its loss is known; backward only scales the result.
+    auto grads = chunk_gradients(hidden, weight, targets, chunk_tokens, hidden.requires_grad(),
+                                 weight.requires_grad(), detail::AutocastState::current(), {});
+    return LossWithGradients::apply(hidden, weight, grads.loss, grads.grad_hidden,
+                                    grads.grad_weight);
+  }
   return ChunkedLossFunction::apply(hidden, weight, targets, chunk_tokens);
 }
 

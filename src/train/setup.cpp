@@ -5,11 +5,11 @@
 namespace lmtune {
 namespace fs = std::filesystem;
 
-torch::Device resolve_device(Device device) {
+torch::Device resolve_device(Device device, std::string_view source) {
   bool cuda = torch::cuda::is_available();
   if (device == Device::kCuda && !cuda)
-    throw UsageError(
-        "run.device: cuda was asked for but no CUDA device is visible; use auto or cpu");
+    throw UsageError(std::string(source) +
+                     ": cuda was asked for but no CUDA device is visible; use auto or cpu");
   if (device == Device::kCpu || !cuda) return torch::kCPU;
   return torch::kCUDA;
 }

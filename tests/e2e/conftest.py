@@ -16,6 +16,18 @@ def run_lmtune(*args, cwd=None, timeout=600):
                           timeout=timeout)
 
 
+def signal_when(args, text, sig):
+    """Starts lmtune with `args` and sends it `sig` as soon as a stderr line contains `text`;
+    returns the running process (stdout and stderr pipes still open) for the caller to wait on."""
+    process = subprocess.Popen([LMTUNE, *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if text in line:
+            process.send_signal(sig)
+            break
+    return process
+
+
 @pytest.fixture
 def lmtune():
     return run_lmtune

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import LMTUNE, make_tiny_model, shakespeare
+from conftest import LMTUNE, make_tiny_model, shakespeare, signal_when
 
 
 def config(tmp_path, model, **train):
@@ -83,12 +83,7 @@ def test_kill_during_training_and_during_a_save_resumes_bit_exactly(tmp_path, se
     leftovers = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]
     assert "step-00000006" not in leftovers and "step-00000004" in leftovers
     # 2. Resume, and SIGKILL it at once after step 9 is logged: mid-training, between saves.
-    process = subprocess.Popen([LMTUNE, "train", path, "--resume"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    for line in process.stderr:
-        if "step 9/12" in line:
-            process.send_signal(signal.SIGKILL)
-            break
+    process = signal_when(["train", path, "--resume"], "step 9/12", signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
     # 3. Resume to the end.
@@ -104,12 +99,7 @@ def test_kill_during_training_and_during_a_save_resumes_bit_exactly(tmp_path, se
 
 def test_sigint_saves_and_exits_130_and_resume_finishes_exactly(tmp_path, setup, reference):
     path = write(tmp_path / "c.json", config(tmp_path, setup, max_steps=12))
-    process = subprocess.Popen([LMTUNE, "train", path], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    for line in process.stderr:
-        if "step 3/12" in line:
-            process.send_signal(signal.SIGINT)
-            break
+    process = signal_when(["train", path], "step 3/12", signal.SIGINT)
     _, rest = process.communicate(timeout=300)
     assert process.returncode == 130
     assert "checkpoint saved" in rest

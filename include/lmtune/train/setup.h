@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <string_view>
 
 #include <torch/torch.h>
 
@@ -13,7 +14,7 @@
 namespace lmtune {
 
 // run.device resolved: auto is CUDA when a GPU is visible. UsageError for cuda without one.
-torch::Device resolve_device(Device device);
+torch::Device resolve_device(Device device, std::string_view source = "run.device");
 
 // The tokenizer directory: model.tokenizer, else model.path.
 std::filesystem::path tokenizer_dir(const Config& config);

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPT2LMHeadModel
 
-from conftest import LMTUNE, SOURCE_DIR
+from conftest import LMTUNE, SOURCE_DIR, signal_when
 
 ASSETS = SOURCE_DIR / "assets"
 
@@ -54,12 +54,7 @@ def test_bf16_checkpointed_run_resumes_after_kill_to_the_same_weights(tmp_path):
     assert "device cuda" in reference.stderr
 
     path = config(tmp_path, "run")
-    process = subprocess.Popen([LMTUNE, "train", path], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    for line in process.stderr:
-        if "step 10/16" in line:
-            process.send_signal(signal.SIGKILL)
-            break
+    process = signal_when(["train", path], "step 10/16", signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
     finished = run("train", path, "--resume")
