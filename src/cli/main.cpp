@@ -4,6 +4,7 @@
 
 #include "commands.h"
 #include "lmtune/core/errors.h"
+#include "lmtune/core/host_allocator.h"
 #include "lmtune/core/runtime.h"
 #include "lmtune/core/version.h"
 
@@ -25,6 +26,7 @@ void log_error(const std::string& message) {
 int main(int argc, char** argv) {
   using namespace lmtune;
   init_logging(/*verbose=*/false);
+  install_host_cache();
 
   CLI::App app{"lmtune: fine-tune GPT-2-style language models on one GPU"};
   app.require_subcommand(1);

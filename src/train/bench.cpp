@@ -7,6 +7,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/cuda.h>
 
+#include "lmtune/core/host_allocator.h"
 #include "lmtune/core/runtime.h"
 #include "lmtune/core/schema.h"
 #include "lmtune/data/dataset.h"
@@ -170,14 +171,20 @@ BenchResult run_bench(const BenchOptions& o) {
   const MatmulPeak before = measure_matmul_peak(o.precision, device);
   for (int64_t i = 0; i < o.warmup; ++i) step();
   synchronize(device);
+  const HostCacheStats cache_before = host_cache_stats();
   torch::Tensor loss;
   auto start = Clock::now();
   for (int64_t i = 0; i < o.steps; ++i) loss = step();
   result.final_loss = loss.item<double>();  // the one host synchronisation of the timed loop
   const double seconds = seconds_since(start);
+  const HostCacheStats cache_after = host_cache_stats();
 
   result.loss_chunk_tokens = step.loss_chunk_tokens;
   result.peak_memory_mb = peak_memory_mb(device);
+  result.host_cache = host_cache_installed();
+  const int64_t hits = cache_after.hits - cache_before.hits;
+  const int64_t large = hits + cache_after.misses - cache_before.misses;
+  result.host_cache_hit_rate = large > 0 ? static_cast<double>(hits) / large : 0.0;
   result.step_ms = 1000.0 * seconds / static_cast<double>(o.steps);
   result.tokens_per_sec = static_cast<double>(o.batch * o.seq * o.steps) / seconds;
   result.flops_per_token = training_flops_per_token(model->config(), o.seq);
@@ -215,6 +222,8 @@ nlohmann::json bench_json(const BenchOptions& o, const BenchResult& r) {
           {"libtorch_matmul_tflops", r.libtorch_matmul_tflops},
           {"mfu", r.mfu},
           {"peak_memory_mb", r.peak_memory_mb},
+          {"host_cache", r.host_cache},
+          {"host_cache_hit_rate", r.host_cache_hit_rate},
           {"final_loss", r.final_loss}};
 }
 

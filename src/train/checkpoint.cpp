@@ -81,7 +81,9 @@ std::string file_checksum(const fs::path& path) {
   MappedFile file(path);
   Hash64 hash;
   hash.update(std::string_view(reinterpret_cast<const char*>(file.bytes()), file.size()));
-  return "fnv1a64:" + hash.hex();
+  std::string checksum = "fnv1a64:";
+  checksum += hash.hex();
+  return checksum;
 }
 
 json read_json_file(const fs::path& path) {
@@ -335,7 +337,7 @@ ConfigChanges compare_configs(const json& saved, const json& now) {
 }
 
 void apply_retention(const fs::path& run_dir, int64_t keep_last) {
-  const std::string own_suffix = "-" + std::to_string(::getpid());
+  const std::string own_suffix = std::string("-") + std::to_string(::getpid());
   fs::path root = run_dir / "checkpoints";
   if (!fs::is_directory(root)) return;
   for (const auto& entry : fs::directory_iterator(root)) {

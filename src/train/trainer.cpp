@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "lmtune/core/errors.h"
+#include "lmtune/core/host_allocator.h"
 #include "lmtune/core/runtime.h"
 #include "lmtune/io/remove_tree.h"
 #include "lmtune/io/safetensors.h"
@@ -264,9 +265,9 @@ std::optional<EvalResult> Trainer::evaluate_and_log(int64_t step) {
                            {"peak_memory_mb", peak_mb}};
   if (step <= rerun_until_) record["rerun"] = true;
   metrics_->write(record);
-  progress_->message(
-      fmt::format("eval at step {}: loss {:.4f}, perplexity {:.2f} ({} tokens), peak memory {:.0f} MB",
-                  step, result.loss, result.perplexity, result.tokens, peak_mb));
+  progress_->message(fmt::format(
+      "eval at step {}: loss {:.4f}, perplexity {:.2f} ({} tokens), peak memory {:.0f} MB", step,
+      result.loss, result.perplexity, result.tokens, peak_mb));
   return result;
 }
 
@@ -360,6 +361,9 @@ void Trainer::save_checkpoint_now(const std::optional<EvalResult>& eval) {
   }
   capture_rng_state(state);
   fs::path dir = save_checkpoint(config_.run.output_dir, model_, *tokenizer_, *optimizer_, state);
+  // The checkpoint's CPU copies (all of them, for a model on a GPU) do not recur until the next
+  // save: give their memory back rather than hold it in the CPU cache.
+  if (!device_.is_cpu()) trim_host_cache();
   saved_step_ = step_;
   last_save_time_ = Clock::now();
   apply_retention(config_.run.output_dir, config_.checkpoint.keep_last);

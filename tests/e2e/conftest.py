@@ -10,10 +10,11 @@ SOURCE_DIR = Path(os.environ.get("LMTUNE_SOURCE_DIR", Path(__file__).parents[2])
 SHARED_DIR = Path(os.environ.get("LMTUNE_SHARED_DIR", SOURCE_DIR.parent / "shared"))
 
 
-def run_lmtune(*args, cwd=None, timeout=600):
-    """Runs lmtune with the arguments; returns the completed process (text mode)."""
+def run_lmtune(*args, cwd=None, timeout=600, env=None):
+    """Runs lmtune with the arguments and `env` added to the environment; returns the completed
+    process (text mode)."""
     return subprocess.run([LMTUNE, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def signal_when(args, text, sig):

@@ -24,6 +24,20 @@ def test_prints_one_json_line_with_every_field(lmtune, precision):
     assert out["mfu"] == pytest.approx(out["achieved_tflops"] / out["peak_tflops"], rel=1e-9)
 
 
+def test_host_cache_serves_the_steps_and_changes_no_result(lmtune):
+    # GPT-2's vocabulary makes the embedding and logits large enough (6 MiB) for the cache.
+    args = with_flag("--vocab", 50257)
+    cached = lmtune("bench", *args, "--precision", "fp32")
+    plain = lmtune("bench", *args, "--precision", "fp32", env={"LMTUNE_HOST_CACHE": "0"})
+    assert cached.returncode == 0 and plain.returncode == 0, cached.stderr + plain.stderr
+    cached, plain = json.loads(cached.stdout), json.loads(plain.stdout)
+    assert (cached["host_cache"], plain["host_cache"]) == (True, False)
+    # After the warmup step every large request of a timed step recurs.
+    assert cached["host_cache_hit_rate"] > 0.9
+    assert plain["host_cache_hit_rate"] == 0
+    assert cached["final_loss"] == plain["final_loss"]
+
+
 def with_flag(name, value):
     args = list(TINY)
     if name in args:

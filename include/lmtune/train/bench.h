@@ -42,8 +42,10 @@ struct BenchResult {
   double libtorch_matmul_tflops = 0;  // LibTorch's own kernel for that dtype (no emulation)
   double mfu = 0;                     // achieved / peak
   double peak_memory_mb = 0;
-  double final_loss = 0;          // mean loss of the last step (nats per token)
-  int64_t loss_chunk_tokens = 0;  // 0 = plain loss, as the trainer resolves it by default
+  bool host_cache = false;         // whether lmtune's caching CPU allocator was in place
+  double host_cache_hit_rate = 0;  // share of the timed steps' large CPU allocations it served
+  double final_loss = 0;           // mean loss of the last step (nats per token)
+  int64_t loss_chunk_tokens = 0;   // 0 = plain loss, as the trainer resolves it by default
 };
 
 // Training FLOPs per token of `config` at `seq` tokens per sequence, as nanoGPT and PaLM count
