@@ -103,6 +103,14 @@ void Trainer::setup() {
   progress_->message("model: " + std::to_string(parameters) + " trainable parameters, " +
                      std::to_string(model_->config().n_layer) + " layers");
   if (resume_from_) resume();
+  release_cpu_copies();
+}
+
+// With the model on a GPU, the large CPU tensors of loading and saving (the weights as read, a
+// checkpoint's copies of every weight and moment) do not recur until the next save: their memory
+// goes back to the system rather than stay idle in the CPU cache.
+void Trainer::release_cpu_copies() {
+  if (!device_.is_cpu()) trim_host_cache();
 }
 
 void Trainer::resume() {
@@ -361,9 +369,7 @@ void Trainer::save_checkpoint_now(const std::optional<EvalResult>& eval) {
   }
   capture_rng_state(state);
   fs::path dir = save_checkpoint(config_.run.output_dir, model_, *tokenizer_, *optimizer_, state);
-  // The checkpoint's CPU copies (all of them, for a model on a GPU) do not recur until the next
-  // save: give their memory back rather than hold it in the CPU cache.
-  if (!device_.is_cpu()) trim_host_cache();
+  release_cpu_copies();
   saved_step_ = step_;
   last_save_time_ = Clock::now();
   apply_retention(config_.run.output_dir, config_.checkpoint.keep_last);

@@ -59,6 +59,7 @@ class Trainer {
   void check_nonfinite_streak() const;
   bool checkpoint_due(bool last_step) const;
   void save_checkpoint_now(const std::optional<EvalResult>& eval);
+  void release_cpu_copies();
   // Records an evaluation for early stopping; true when training should stop.
   bool patience_exhausted(const EvalResult& eval);
   std::optional<EvalResult> evaluate_and_log(int64_t step);
