@@ -26,7 +26,6 @@ void log_error(const std::string& message) {
 int main(int argc, char** argv) {
   using namespace lmtune;
   init_logging(/*verbose=*/false);
-  install_host_cache();
 
   CLI::App app{"lmtune: fine-tune GPT-2-style language models on one GPU"};
   app.require_subcommand(1);
@@ -42,6 +41,7 @@ int main(int argc, char** argv) {
   cli::add_tokenize_command(app);
 
   try {
+    install_host_cache();
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int code = app.exit(e);

@@ -9,6 +9,8 @@
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
 
+#include "lmtune/core/errors.h"
+
 namespace lmtune {
 namespace {
 
@@ -154,7 +156,12 @@ CachingCpuAllocator& caching_cpu_allocator() {
 
 void install_host_cache() {
   const char* setting = std::getenv("LMTUNE_HOST_CACHE");
-  if (setting != nullptr && std::string(setting) == "0") return;
+  const std::string value = setting != nullptr ? setting : "1";
+  if (value != "0" && value != "1")
+    throw UsageError("environment variable LMTUNE_HOST_CACHE=" + value +
+                     ": expected 1 (cache large CPU tensors, the default) or 0 (LibTorch's own "
+                     "allocator)");
+  if (value == "0") return;
   // Priority above LibTorch's own registration (0), so it takes effect.
   c10::SetCPUAllocator(&caching_cpu_allocator(), /*priority=*/1);
 }

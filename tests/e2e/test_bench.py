@@ -38,6 +38,14 @@ def test_host_cache_serves_the_steps_and_changes_no_result(lmtune):
     assert cached["final_loss"] == plain["final_loss"]
 
 
+def test_bad_host_cache_setting_is_a_usage_error(lmtune):
+    result = lmtune("bench", *TINY, env={"LMTUNE_HOST_CACHE": "off"})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "LMTUNE_HOST_CACHE=off" in lines[0], result.stderr
+
+
 def with_flag(name, value):
     args = list(TINY)
     if name in args:

@@ -56,7 +56,7 @@ class HostCache {
 
 // Makes a process-wide HostCache LibTorch's CPU allocator for every tensor allocated afterwards;
 // smaller requests go to malloc. Idempotent. LMTUNE_HOST_CACHE=0 in the environment leaves
-// LibTorch's own allocator in place.
+// LibTorch's own allocator in place; a value other than 0 or 1 throws UsageError.
 void install_host_cache();
 
 // Whether the process-wide cache is LibTorch's CPU allocator now.
