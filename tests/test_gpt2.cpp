@@ -8,28 +8,17 @@
 #include "lmtune/io/safetensors.h"
 #include "lmtune/model/gpt2.h"
 #include "temp_dir_test.h"
+#include "tiny_gpt2.h"
 
 namespace fs = std::filesystem;
 using lmtune::GPT2;
-using lmtune::GPT2Config;
 
 namespace {
 
-GPT2Config tiny_config(bool tied = true) {
-  GPT2Config c;
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.n_embd = 16;
-  c.n_positions = 32;
-  c.vocab_size = 50;
-  c.tie_word_embeddings = tied;
-  return c;
-}
-
 GPT2 tiny_model(bool tied = true, uint64_t seed = 7) {
-  GPT2 model(tiny_config(tied));
-  model->init_weights(seed);
-  return model;
+  TinyShape shape;
+  shape.tied = tied;
+  return tiny_gpt2(shape, /*dropout=*/0.1, seed);  // GPT2Config's default dropout
 }
 
 class GPT2Test : public TempDirTest {

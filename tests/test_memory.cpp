@@ -11,33 +11,20 @@
 #include "lmtune/train/loss_scaler.h"
 #include "lmtune/train/optim.h"
 #include "lmtune/train/precision.h"
+#include "tiny_gpt2.h"
 
 using lmtune::GPT2;
-using lmtune::GPT2Config;
 
 namespace {
 
 GPT2 lever_model(double dropout = 0.1) {
-  GPT2Config c;
-  c.n_layer = 3;
-  c.n_head = 2;
-  c.n_embd = 16;
-  c.n_positions = 32;
-  c.vocab_size = 50;
-  c.embd_pdrop = c.attn_pdrop = c.resid_pdrop = dropout;
-  GPT2 model(c);
-  model->init_weights(/*seed=*/3);
-  model->train();
-  return model;
+  TinyShape shape;
+  shape.n_layer = 3;
+  return tiny_gpt2(shape, dropout, /*seed=*/3);
 }
 
 lmtune::Batch tiny_batch() {
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(5);
-  auto tokens = torch::randint(50, {2, 13}, generator, torch::kLong);  // (B, T + 1)
-  lmtune::Batch batch{tokens.narrow(1, 0, 12), tokens.narrow(1, 1, 12).clone(), 0};
-  batch.targets.index_put_({0, 0}, -100);  // an ignored target, as padding would be
-  batch.target_tokens = batch.targets.ne(-100).sum().item<int64_t>();
-  return batch;
+  return random_batch(/*vocab=*/50, /*rows=*/2, /*seq=*/12);
 }
 
 // Gradients of one training step of `model`, with the random generator at `seed`.

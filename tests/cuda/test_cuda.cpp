@@ -7,6 +7,7 @@
 
 #include <torch/cuda.h>
 
+#include "../tiny_gpt2.h"
 #include "lmtune/model/chunked_loss.h"
 #include "lmtune/model/gpt2.h"
 #include "lmtune/train/checkpoint.h"
@@ -16,7 +17,6 @@
 #include "lmtune/train/optim.h"
 
 using lmtune::GPT2;
-using lmtune::GPT2Config;
 using lmtune::Precision;
 
 // Outside the anonymous namespace: the TEST_F classes derive from it.
@@ -35,27 +35,18 @@ namespace {
 const torch::Device kCuda(torch::kCUDA, 0);
 
 GPT2 tiny_model(double dropout, torch::Device device) {
-  GPT2Config c;
-  c.n_layer = 3;
-  c.n_head = 2;
-  c.n_embd = 64;
-  c.n_positions = 64;
-  c.vocab_size = 97;
-  c.embd_pdrop = c.attn_pdrop = c.resid_pdrop = dropout;
-  GPT2 model(c);
-  model->init_weights(/*seed=*/3);
+  TinyShape shape;
+  shape.n_layer = 3;
+  shape.n_embd = 64;
+  shape.n_positions = 64;
+  shape.vocab = 97;
+  GPT2 model = tiny_gpt2(shape, dropout, /*seed=*/3);
   model->to(device);
-  model->train();
   return model;
 }
 
 lmtune::Batch tiny_batch() {
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(5);
-  auto tokens = torch::randint(97, {4, 49}, generator, torch::kLong);  // (B, T + 1)
-  lmtune::Batch batch{tokens.narrow(1, 0, 48), tokens.narrow(1, 1, 48).clone(), 0};
-  batch.targets.index_put_({0, 0}, -100);  // an ignored target, as padding would be
-  batch.target_tokens = batch.targets.ne(-100).sum().item<int64_t>();
-  return batch;
+  return random_batch(/*vocab=*/97, /*rows=*/4, /*seq=*/48);
 }
 
 struct StepResult {

@@ -21,8 +21,8 @@ torch::Tensor summed_token_loss(GPT2& model, const Batch& batch, Precision preci
 // Above this many bytes of fp32 logits per micro-batch (B x T x V x 4), chunked_loss: auto
 // chooses the chunked loss on a CPU. At 8 x 512 x 50257 (823 MB of logits) it measured 1.7 GB
 // lower peak memory (docs/benchmarks.md); below the threshold the plain path holds little enough
-// that the extra vocabulary projection in backward is not worth it (a judgement, see
-// docs/memory.md).
+// that chunking, which splits the vocabulary matmuls into thinner ones, is not worth it (a
+// judgement, see docs/memory.md).
 inline constexpr int64_t kChunkedLossAutoBytes = int64_t{64} << 20;  // 64 MiB
 
 // The auto threshold on `device`: kChunkedLossAutoBytes on a CPU; an eighth of the GPU's memory
