@@ -2,8 +2,8 @@
 # Times `lmtune bench` and the plain-PyTorch reference (../shared/bench/reference_gpt2.py bench,
 # run by the venv's python, so both use the same LibTorch) alternately on the same shape and
 # thread count, and prints each pair's JSON lines and lmtune / reference tokens/s.
-# With DEVICE=cuda the peer is scripts/bench_torch_peer.py (transformers' GPT-2 in plain PyTorch,
-# which runs on a GPU), under PYTHON.
+# With DEVICE=cuda, or with --arch llama on any device, the peer is scripts/bench_torch_peer.py
+# (transformers' GPT-2 or LlamaForCausalLM in plain PyTorch), under PYTHON.
 #
 # Usage: scripts/bench-vs-reference.sh [BENCH OPTIONS...]     e.g. --precision fp32 --steps 5
 # Environment: LMTUNE_BIN (default build/lmtune), REPEATS (pairs, default 2), REFERENCE (script),
@@ -14,12 +14,14 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 lmtune=${LMTUNE_BIN:-$root/build/lmtune}
 python=${PYTHON:-${LMTUNE_VENV:-$HOME/.cache/lmtune/venv}/bin/python}
 device=${DEVICE:-cpu}
-if [[ "$device" == cpu ]]; then
-  reference=${REFERENCE:-$root/../shared/bench/reference_gpt2.py}
-  peer_args=()
-else
+torch_peer=0
+[[ "$device" != cpu || " $* " == *" --arch llama "* ]] && torch_peer=1
+if ((torch_peer)); then
   reference=${REFERENCE:-$root/scripts/bench_torch_peer.py}
   peer_args=(--device "$device")
+else
+  reference=${REFERENCE:-$root/../shared/bench/reference_gpt2.py}
+  peer_args=()
 fi
 repeats=${REPEATS:-2}
 
@@ -38,6 +40,8 @@ peer_shape=()
 for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[i]}" in
     --chunked-loss | --loss-chunk-tokens) ((i += 1)) ;;
+    # The GPT-2 reference knows neither the architecture nor these shape options.
+    --arch | --n-kv-head | --mlp-width) ((torch_peer)) && peer_shape+=("${args[i]}" "${args[i + 1]}"); ((i += 1)) ;;
     *) peer_shape+=("${args[i]}") ;;
   esac
 done
@@ -45,7 +49,7 @@ done
 echo "# $(date -u +%FT%TZ) $(uptime | sed 's/.*load/load/'), args: ${args[*]}"
 for ((i = 1; i <= repeats; i++)); do
   ours=$("$lmtune" bench --device "$device" "${args[@]}")
-  if [[ "$device" == cpu ]]; then
+  if ((!torch_peer)); then
     theirs=$("$python" "$reference" bench "${peer_shape[@]}")
   else
     theirs=$("$python" "$reference" "${peer_shape[@]}" "${peer_args[@]}")

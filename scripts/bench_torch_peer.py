@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""The plain-PyTorch peer of `lmtune bench` on a GPU: the training step a user writes with the
-standard tools, timed on the same shapes and printed as one JSON line.
+"""The plain-PyTorch peer of `lmtune bench`: the training step a user writes with the standard
+tools, timed on the same shapes and printed as one JSON line. It is the GPU peer for GPT-2 and the
+peer of `--arch llama` on any device.
 
-The model is transformers' GPT2LMHeadModel with PyTorch's scaled_dot_product_attention, random
-weights and no dropout; the step is autocast (bf16 or fp16) or fp32, the mean cross entropy over
+The model is transformers' GPT2LMHeadModel (or LlamaForCausalLM with --arch llama) with PyTorch's
+scaled_dot_product_attention, random weights and no dropout; the step is autocast (bf16 or fp16) or fp32, the mean cross entropy over
 the whole vocabulary in fp32, backward, clipping at 1.0 and torch.optim.AdamW with its fused
 kernel, as `lmtune bench` does. (../shared/bench/reference_gpt2.py bench is the CPU peer; it
 runs on the CPU only.)
 
-Usage: bench_torch_peer.py [--n-layer 6 --n-head 6 --n-embd 384 --vocab 50257 --batch 8
-                            --seq 256 --steps 10 --warmup 3 --precision bf16 --device cuda]
+Usage: bench_torch_peer.py [--arch gpt2|llama --n-layer 6 --n-head 6 --n-embd 384 --n-kv-head 0
+                            --mlp-width 0 --vocab 50257 --batch 8 --seq 256 --steps 10
+                            --warmup 3 --precision bf16 --device cuda --threads 1]
 """
 import argparse
 import json
@@ -17,7 +19,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 
 def main():
@@ -25,19 +27,31 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in (("n-layer", 6), ("n-head", 6), ("n-embd", 384), ("vocab", 50257),
                           ("batch", 8), ("seq", 256), ("steps", 10), ("warmup", 3),
-                          ("threads", 1)):
+                          ("threads", 1), ("n-kv-head", 0), ("mlp-width", 0)):
         parser.add_argument("--" + name, type=int, default=default)
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="bf16")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--arch", choices=("gpt2", "llama"), default="gpt2")
     a = parser.parse_args()
 
     torch.manual_seed(0)
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    config = GPT2Config(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, vocab_size=a.vocab,
-                        n_positions=a.seq, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        bos_token_id=a.vocab - 1, eos_token_id=a.vocab - 1)
-    model = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa").to(device).train()
+    mlp_width = a.mlp_width or 4 * a.n_embd
+    if a.arch == "llama":
+        config = LlamaConfig(num_hidden_layers=a.n_layer, num_attention_heads=a.n_head,
+                             num_key_value_heads=a.n_kv_head or a.n_head, hidden_size=a.n_embd,
+                             intermediate_size=mlp_width, vocab_size=a.vocab,
+                             max_position_embeddings=a.seq, tie_word_embeddings=False,
+                             bos_token_id=a.vocab - 1, eos_token_id=a.vocab - 1)
+        model_class = LlamaForCausalLM
+    else:
+        config = GPT2Config(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, n_inner=mlp_width,
+                            vocab_size=a.vocab, n_positions=a.seq, resid_pdrop=0.0,
+                            embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=a.vocab - 1,
+                            eos_token_id=a.vocab - 1)
+        model_class = GPT2LMHeadModel
+    model = model_class._from_config(config, attn_implementation="sdpa").to(device).train()
     params = list(model.parameters())
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -75,7 +89,7 @@ def main():
     seconds = time.perf_counter() - start
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
     print(json.dumps({"impl": "pytorch-transformers-peer", "torch": torch.__version__,
-                      "device": str(device), "precision": a.precision, "batch": a.batch,
+                      "arch": a.arch, "device": str(device), "threads": a.threads, "precision": a.precision, "batch": a.batch,
                       "seq": a.seq, "parameters": sum(p.numel() for p in params),
                       "step_ms": 1000 * seconds / a.steps,
                       "tokens_per_sec": a.batch * a.seq * a.steps / seconds,

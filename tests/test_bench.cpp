@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "lmtune/model/bf16_emulation.h"
+#include "lmtune/model/gpt2.h"
 #include "lmtune/train/bench.h"
 #include "lmtune/train/precision.h"
 
@@ -65,7 +66,7 @@ TEST(Bench, FlopsPerTokenIsSixNPlusAttention) {
   for (const auto& item : model->named_parameters())
     if (item.key() != "wpe.weight") n += item.value().numel();
   // 12 L C T: 12 x 2 x 32 x 16 = 12,288.
-  EXPECT_DOUBLE_EQ(lmtune::training_flops_per_token(config, 16), 6.0 * n + 12288);
+  EXPECT_DOUBLE_EQ(lmtune::training_flops_per_token(*model, 16), 6.0 * n + 12288);
 }
 
 TEST(Bf16Emulation, OnlyUnderCpuBf16Autocast) {

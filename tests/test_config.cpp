@@ -133,15 +133,95 @@ TEST_F(ConfigTest, CrossKeyRules) {
   auto errors = problems(write("c.json", R"({"model": {"path": "model"},
       "data": {"train": "t", "seq_len": 128, "validation": "v", "validation_split": 0.1},
       "train": {"lr": 1e-4, "min_lr": 1e-3, "max_steps": 10, "warmup_steps": 20}})"));
-  EXPECT_EQ(errors.size(), 4u);
+  EXPECT_EQ(errors.size(), 3u);
   auto has = [&](const std::string& needle) {
     return std::any_of(errors.begin(), errors.end(),
                        [&](const std::string& e) { return e.find(needle) != std::string::npos; });
   };
-  EXPECT_TRUE(has("data.seq_len: must not exceed the model's n_positions (64), got 128"));
+  EXPECT_TRUE(
+      has("data.seq_len: must not exceed the model's n_positions (64), got 128; set "
+          "data.seq_len to 64 or less"));
   EXPECT_TRUE(has("data.validation_split: cannot be used together with data.validation"));
   EXPECT_TRUE(has("train.min_lr: must not exceed train.lr"));
-  EXPECT_TRUE(has("train.warmup_steps: must not exceed train.max_steps (10), got 20"));
+  // A warmup longer than the run is allowed: the schedule never reaches its peak (logged).
+  EXPECT_FALSE(has("train.warmup_steps"));
+}
+
+TEST_F(ConfigTest, RuleAcrossKeysBlamesTheSetThatBrokeIt) {
+  fs::path file = write("c.json", R"({"model": {"path": "m"}, "data": {"train": "t"},
+      "train": {"min_lr": 1e-5}})");
+  auto errors = problems(file, {{"train.lr", "1e-6"}});
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].rfind("--set train.lr=1e-6: train.min_lr: must not exceed train.lr", 0), 0u)
+      << errors[0];
+}
+
+TEST_F(ConfigTest, SeqLenDefaultsToTheModelsContextCapped) {
+  fs::create_directories(dir_ / "short");
+  std::ofstream(dir_ / "short" / "config.json") << R"({"n_positions": 128})";
+  fs::create_directories(dir_ / "long");
+  std::ofstream(dir_ / "long" / "config.json") << R"({"max_position_embeddings": 32768})";
+  auto seq_len = [&](const std::string& model) {
+    return lmtune::load_config(write("c.json", R"({"model": {"path": ")" + model +
+                                                   R"("}, "data": {"train": "t"}})"))
+        .data.seq_len;
+  };
+  EXPECT_EQ(seq_len("short"), 128);
+  EXPECT_EQ(seq_len("long"), lmtune::kMaxDefaultSeqLen);
+  EXPECT_EQ(seq_len("unreadable"), 0);  // left to the commands' input check, which reports it
+}
+
+TEST_F(ConfigTest, NamesFromOtherTrainersPointToLmtunesKeys) {
+  auto errors = problems(write("c.yaml", R"(model: {path: m}
+data: {train: t}
+train: {learning_rate: 1.0e-4, per_device_train_batch_size: 4, num_train_epochs: 2}
+output_dir: out
+fp16: true
+)"));
+  auto has = [&](const std::string& needle) {
+    return std::any_of(errors.begin(), errors.end(),
+                       [&](const std::string& e) { return e.find(needle) != std::string::npos; });
+  };
+  EXPECT_EQ(errors.size(), 5u);
+  EXPECT_TRUE(has("train.learning_rate: unknown key; did you mean 'train.lr'?"));
+  EXPECT_TRUE(
+      has("train.per_device_train_batch_size: unknown key; did you mean "
+          "'train.micro_batch_size'?"));
+  EXPECT_TRUE(has("train.num_train_epochs: unknown key; did you mean 'train.epochs'?"));
+  EXPECT_TRUE(
+      has("output_dir: unknown section (lmtune's keys are grouped in sections); did you "
+          "mean 'run.output_dir'?"));
+  EXPECT_TRUE(
+      has("fp16: unknown section (lmtune's keys are grouped in sections); did you mean "
+          "'train.precision: fp16'?"));
+}
+
+TEST_F(ConfigTest, DuplicateKeysNameBothLines) {
+  auto json_errors = problems(write("c.json",
+                                    "{\"data\": {\"train\": \"a\",\n\"seq_len\": 8,\n"
+                                    "\"train\": \"b\"}}\n"));
+  ASSERT_EQ(json_errors.size(), 1u);
+  EXPECT_NE(json_errors[0].find("c.json:3: duplicate key 'train' (first on line 1)"),
+            std::string::npos)
+      << json_errors[0];
+  // The same name in two different mappings is no duplicate.
+  EXPECT_TRUE(problems(write("ok.json", R"({"model": {"path": "m"}, "data": {"train": "t"},
+      "eval": {"every_steps": 5}, "checkpoint": {"every_steps": 5}})"))
+                  .empty());
+  auto yaml_errors =
+      problems(write("c.yaml", "model: {path: m}\ndata:\n  train: a\n  seq_len: 8\n  train: b\n"));
+  ASSERT_EQ(yaml_errors.size(), 1u);
+  EXPECT_NE(yaml_errors[0].find("c.yaml:5: duplicate key 'train' (first on line 3)"),
+            std::string::npos)
+      << yaml_errors[0];
+}
+
+TEST_F(ConfigTest, TabIndentationInYamlSaysTab) {
+  auto errors = problems(write("c.yaml", "model:\n\tpath: m\ndata: {train: t}\n"));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].find("c.yaml:2:1: YAML indentation uses a tab; indent with spaces"),
+            std::string::npos)
+      << errors[0];
 }
 
 TEST_F(ConfigTest, RequiredKeys) {
@@ -185,6 +265,31 @@ TEST(ConfigDocs, EveryKeyIsDocumented) {
   for (const auto& key : lmtune::config_keys())
     EXPECT_NE(docs.find("`" + key.path + "`"), std::string::npos)
         << key.path << " is not in docs/config.md";
+}
+
+// The key tables of docs/config.md are the schema's own: type, default, range and meaning of each
+// key as the code declares them (regenerate with scripts/update-config-docs.sh).
+TEST(ConfigDocs, KeyTablesAreGeneratedFromTheSchema) {
+  std::ifstream in(fs::path(LMTUNE_SOURCE_DIR) / "docs" / "config.md");
+  ASSERT_TRUE(in) << "docs/config.md is missing";
+  std::string docs((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string begin = "<!-- keys:begin (scripts/update-config-docs.sh) -->\n";
+  const std::string end = "<!-- keys:end -->";
+  auto from = docs.find(begin);
+  auto to = docs.find(end);
+  ASSERT_NE(from, std::string::npos);
+  ASSERT_NE(to, std::string::npos);
+  from += begin.size();
+  EXPECT_EQ(docs.substr(from, to - from), lmtune::config_keys_markdown())
+      << "docs/config.md is out of date: run scripts/update-config-docs.sh";
+}
+
+TEST(ConfigDocs, BoundedKeysShowTheirRange) {
+  const std::string tables = lmtune::config_keys_markdown();
+  EXPECT_NE(tables.find("| `data.validation_split` | number | `0.0` | [0, 0.5] |"),
+            std::string::npos);
+  EXPECT_NE(tables.find("| `train.lr` | number | `0.0003` | > 0 |"), std::string::npos);
+  EXPECT_NE(tables.find("| `run.threads` | integer | `0` | [0, 1024] |"), std::string::npos);
 }
 
 }  // namespace

@@ -152,6 +152,31 @@ TEST_F(DataTest, JsonlTextAndPromptCompletionMasks) {
   EXPECT_EQ(joined(targets_of(prepare().train)).substr(0, 13), "plain|Q?A!|B|");
 }
 
+// A tokenizer whose template frames each text with a BOS ('^', as Llama 3's does) or also ends it
+// with its end-of-text (as Llama 2 templates with EOS do).
+class FramingTokenizer : public ByteTokenizer {
+ public:
+  explicit FramingTokenizer(lmtune::TokenFraming framing) : framing_(std::move(framing)) {}
+  lmtune::TokenFraming framing() const override { return framing_; }
+
+ private:
+  lmtune::TokenFraming framing_;
+};
+
+TEST_F(DataTest, DocumentsAreFramedAsTheTokenizerTemplateSays) {
+  write("t.jsonl", "{\"text\": \"ab\"}\n{\"prompt\": \"Q\", \"completion\": \"A\"}\n");
+  config_.train = (dir_ / "t.jsonl").string();
+  // The BOS is given, never a target; one end-of-text ends each document.
+  auto bos_only = prepare(FramingTokenizer({{'^'}, {}}));
+  EXPECT_EQ(joined(inputs_of(bos_only.train)).substr(0, 9), "|^ab|^QA|");
+  EXPECT_EQ(joined(targets_of(bos_only.train)).substr(0, 8), "_ab|__A|");
+  EXPECT_EQ(bos_only.report.train_tokens, 8);  // 2 documents: BOS, 2 tokens, end-of-text
+  auto bos_and_eos = prepare(FramingTokenizer({{'^'}, {kEos}}));
+  EXPECT_EQ(joined(targets_of(bos_and_eos.train)).substr(0, 8), "_ab|__A|");
+  // A changed framing is a different cache.
+  EXPECT_NE(bos_only.report.cache_dir, prepare().report.cache_dir);
+}
+
 TEST_F(DataTest, JsonlFieldNamesAreConfigurable) {
   config_.text_field = "body";
   config_.prompt_field = "in";

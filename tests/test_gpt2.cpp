@@ -109,7 +109,7 @@ TEST_F(GPT2Test, GenerationStopsAtTheStopTokenAndTheContext) {
   options.max_new_tokens = 100;
   auto greedy = lmtune::generate(model, {1}, options);
   EXPECT_EQ(greedy.size(), 31u);  // context of 32 minus the prompt token
-  options.stop_id = greedy[3];
+  options.stop_ids = {greedy[3]};
   auto stopped = lmtune::generate(model, {1}, options);
   EXPECT_EQ(stopped.back(), greedy[3]);
   EXPECT_LE(stopped.size(), 4u);

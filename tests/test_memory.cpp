@@ -96,6 +96,26 @@ TEST(ChunkedLoss, LossAndGradientsEqualThePlainPath) {
   }
 }
 
+// Frozen embeddings tied to the output head: only the hidden states want a gradient.
+TEST(ChunkedLoss, AFrozenOutputWeightGetsNoGradientAndTheHiddenStatesTheirs) {
+  torch::manual_seed(1);
+  auto hidden = torch::randn({21, 8}, torch::requires_grad());  // (N, C)
+  auto weight = torch::randn({40, 8});                          // (V, C), frozen
+  auto targets = torch::randint(40, {21}, torch::kLong);
+  auto plain = torch::nn::functional::cross_entropy(
+      torch::linear(hidden, weight), targets,
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+  auto expected = torch::autograd::grad({plain}, {hidden})[0];
+  for (bool recompute : {false, true}) {
+    auto chunked =
+        lmtune::chunked_lm_loss_sum(hidden, weight, targets, /*chunk_tokens=*/8, recompute);
+    chunked.backward();
+    EXPECT_TRUE(torch::allclose(hidden.grad(), expected, 1e-5, 1e-6)) << recompute;
+    EXPECT_FALSE(weight.grad().defined()) << recompute;
+    hidden.mutable_grad().reset();
+  }
+}
+
 TEST(ChunkedLoss, WithoutGradientsItIsTheForwardAlone) {
   auto hidden = torch::randn({20, 8}, torch::requires_grad());
   auto weight = torch::randn({30, 8}, torch::requires_grad());

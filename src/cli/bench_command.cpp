@@ -12,7 +12,7 @@ namespace {
 struct BenchArgs {
   BenchOptions options;
   std::string precision = "bf16";
-  std::string device = "cpu";
+  std::string device = "auto";
   std::string chunked_loss = "auto";
 };
 
@@ -23,6 +23,12 @@ void add_shape_options(CLI::App& command, BenchOptions& o) {
   positive("--n-layer", o.n_layer, "Transformer blocks");
   positive("--n-head", o.n_head, "Attention heads");
   positive("--n-embd", o.n_embd, "Channels (a multiple of --n-head)");
+  command.add_option("--n-kv-head", o.n_kv_head, "llama: key/value heads; 0 = --n-head")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  command.add_option("--mlp-width", o.mlp_width, "MLP inner width; 0 = 4 x --n-embd")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   positive("--vocab", o.vocab, "Vocabulary size");
   positive("--batch", o.batch, "Sequences per step");
   positive("--seq", o.seq, "Tokens per sequence");
@@ -43,6 +49,12 @@ void add_bench_command(CLI::App& app) {
       "bench", "Time synthetic training steps of a random GPT-2; prints one JSON line");
   auto args = std::make_shared<BenchArgs>();
   add_shape_options(*command, args->options);
+  set_help_footer(*command,
+                  "one JSON line: tokens_per_sec, step_ms, flops_per_token, mfu, peak_memory_mb "
+                  "and the settings used (docs/benchmarks.md).");
+  command->add_option("--arch", args->options.arch, "Architecture of the random model")
+      ->check(CLI::IsMember({"gpt2", "llama"}))
+      ->capture_default_str();
   command->add_option("--precision", args->precision, "Training precision")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
@@ -59,6 +71,9 @@ void add_bench_command(CLI::App& app) {
     if (o.n_embd % o.n_head != 0)
       throw UsageError("--n-embd (" + std::to_string(o.n_embd) +
                        ") must be a multiple of --n-head (" + std::to_string(o.n_head) + ")");
+    if (o.n_kv_head > 0 && o.n_head % o.n_kv_head != 0)
+      throw UsageError("--n-head (" + std::to_string(o.n_head) +
+                       ") must be a multiple of --n-kv-head (" + std::to_string(o.n_kv_head) + ")");
     // CLI11 has checked each value against the names the enums are read from.
     o.precision = *enum_from_name<Precision>(args->precision);
     o.device = *enum_from_name<Device>(args->device);

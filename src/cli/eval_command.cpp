@@ -16,19 +16,19 @@ void add_eval_command(CLI::App& app) {
   auto options = std::make_shared<ConfigOptions>();
   auto model_dir = std::make_shared<std::string>();
   add_config_options(*command, *options);
+  set_help_footer(*command,
+                  "one JSON line: {\"loss\", \"perplexity\", \"tokens\"} on the validation data.");
   command->add_option("--model", *model_dir,
                       "Model directory to evaluate instead of model.path (e.g. RUN/final)");
   command->callback([options, model_dir] {
-    auto overrides = options->overrides();
-    if (!model_dir->empty()) {
-      overrides.push_back({"model.path", *model_dir});
-      overrides.push_back({"model.init", "pretrained"});
-    }
-    Config config = load_config(options->file, overrides);
+    std::vector<Override> model_overrides;
+    if (!model_dir->empty())
+      model_overrides = {{"model.path", *model_dir}, {"model.init", "pretrained"}};
+    Config config = load_checked_config(*options, Reads::kModelAndData, model_overrides);
     set_threads(config.run.threads);
     torch::Device device = resolve_device(config.run.device);
     auto tokenizer = load_tokenizer(tokenizer_dir(config));
-    GPT2 model = build_model(config, *tokenizer, device);
+    CausalLM model = build_model(config, *tokenizer, device);
     PreparedData data = prepare_data(config.data, *tokenizer, cache_root(config));
     if (data.validation.num_windows() == 0)
       throw UsageError(options->file +

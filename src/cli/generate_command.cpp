@@ -10,7 +10,7 @@
 #include "lmtune/core/runtime.h"
 #include "lmtune/infer/generate.h"
 #include "lmtune/io/tokenizer.h"
-#include "lmtune/model/gpt2.h"
+#include "lmtune/model/model_factory.h"
 #include "lmtune/train/setup.h"
 
 namespace lmtune::cli {
@@ -44,17 +44,19 @@ std::vector<std::string> read_prompts(const std::string& path) {
 }
 
 // The continuation of one prompt, without the end-of-text token that stopped it.
-std::string continue_prompt(GPT2& model, const Tokenizer& tokenizer, const std::string& text,
-                            const GenerateOptions& options, int64_t& produced_tokens) {
+std::string continue_prompt(const CausalLM& model, const Tokenizer& tokenizer,
+                            const std::string& text, const GenerateOptions& options,
+                            int64_t& produced_tokens) {
   auto prompt = tokenizer.encode(text);
   if (prompt.empty()) throw UsageError("--prompt: the prompt is empty");
-  if (static_cast<int64_t>(prompt.size()) >= model->config().n_positions)
+  if (static_cast<int64_t>(prompt.size()) >= model->spec().context)
     throw UsageError("--prompt: " + std::to_string(prompt.size()) +
                      " tokens leave no room in the model's context of " +
-                     std::to_string(model->config().n_positions));
+                     std::to_string(model->spec().context));
   auto produced = generate(model, prompt, options);
   produced_tokens += static_cast<int64_t>(produced.size());
-  if (!produced.empty() && options.stop_id && produced.back() == *options.stop_id)
+  const auto& stops = options.stop_ids;
+  if (!produced.empty() && std::find(stops.begin(), stops.end(), produced.back()) != stops.end())
     produced.pop_back();
   return tokenizer.decode(produced);
 }
@@ -63,9 +65,9 @@ void run(const GenerateArgs& args) {
   set_threads(args.threads);
   torch::Device device = resolve_device(*enum_from_name<Device>(args.device), "--device");
   auto tokenizer = load_tokenizer(args.model_dir);
-  GPT2 model = load_gpt2(args.model_dir, device);
+  CausalLM model = load_causal_lm(args.model_dir, device);
   GenerateOptions options = args.options;
-  options.stop_id = tokenizer->eos_id();
+  options.stop_ids = end_of_sequence_ids(args.model_dir, model->spec(), tokenizer->eos_id());
   options.use_cache = !args.no_cache;
 
   auto start = std::chrono::steady_clock::now();
@@ -91,6 +93,9 @@ void add_generate_command(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   auto* command =
       app.add_subcommand("generate", "Continue a prompt with a model in Hugging Face layout");
+  set_help_footer(*command,
+                  "the prompt followed by its continuation; with --prompts-file, one JSON line "
+                  "{\"prompt\", \"completion\"} per prompt.");
   command
       ->add_option("--model", args->model_dir,
                    "Model directory (config.json, model.safetensors, tokenizer)")

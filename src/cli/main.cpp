@@ -21,6 +21,13 @@ void log_error(const std::string& message) {
   }
 }
 
+// "lmtune train --help" for the subcommand being parsed, else "lmtune --help".
+std::string usage_hint(CLI::App& app) {
+  for (const CLI::App* command : app.get_subcommands())
+    return "lmtune " + command->get_name() + " --help";
+  return "lmtune --help";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -32,6 +39,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", [] { return version_report(); });
   app.add_flag_callback(
       "-v,--verbose", [] { spdlog::set_level(spdlog::level::debug); }, "Log debug messages");
+  app.fallthrough();  // -v and --version work after the subcommand too
   cli::add_bench_command(app);
   cli::add_config_command(app);
   cli::add_generate_command(app);
@@ -44,8 +52,12 @@ int main(int argc, char** argv) {
     install_host_cache();
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    int code = app.exit(e);
-    return code == 0 ? kExitOk : kExitUsage;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help and --version
+    std::string what = e.what();
+    if (app.get_subcommands().empty() && argc > 1 && argv[1][0] != '-')
+      what = "unknown command '" + std::string(argv[1]) + "'";
+    log_error(what + "; see " + usage_hint(app));
+    return kExitUsage;
   } catch (const Error& e) {
     log_error(e.what());
     return e.exit_code();

@@ -4,9 +4,11 @@
 #include <string>
 #include <vector>
 
+#include <torch/cuda.h>
 #include <CLI/CLI.hpp>
 
 #include "lmtune/core/config.h"
+#include "lmtune/train/preflight.h"
 
 namespace lmtune::cli {
 
@@ -21,8 +23,26 @@ struct ConfigOptions {
   }
 };
 
-inline void add_config_options(CLI::App& command, ConfigOptions& options) {
-  command.add_option("CONFIG", options.file, "Config file (.json, .yaml or .yml)")->required();
+// What a command reads of the files a config names.
+enum class Reads { kData, kModelAndData };
+
+// The config of CONFIG with its --set overrides and `extra` ones, checked against the files the
+// command reads and this machine before anything is loaded (lmtune/train/preflight.h).
+inline Config load_checked_config(const ConfigOptions& options, Reads reads = Reads::kModelAndData,
+                                  const std::vector<Override>& extra = {}) {
+  std::vector<Override> overrides = options.overrides();
+  overrides.insert(overrides.end(), extra.begin(), extra.end());
+  Config config = load_config(options.file, overrides);
+  if (reads == Reads::kData)
+    check_data_inputs(config);
+  else
+    check_inputs(config, torch::cuda::is_available());
+  return config;
+}
+
+inline void add_config_options(CLI::App& command, ConfigOptions& options, bool required = true) {
+  command.add_option("CONFIG", options.file, "Config file (.json, .yaml or .yml)")
+      ->required(required);
   command
       .add_option("--set", options.sets,
                   "Override a config key: --set train.lr=3e-5 (repeatable; dotted key paths)")

@@ -17,8 +17,11 @@ void add_prepare_command(CLI::App& app) {
                                      "cache; prints the report as one JSON line");
   auto options = std::make_shared<ConfigOptions>();
   add_config_options(*command, *options);
+  set_help_footer(*command,
+                  "the data report as one JSON line (documents, tokens, windows, cache directory); "
+                  "progress goes to stderr.");
   command->callback([options] {
-    Config config = load_config(options->file, options->overrides());
+    Config config = load_checked_config(*options, Reads::kData);
     set_threads(config.run.threads);
     auto tokenizer = load_tokenizer(tokenizer_dir(config));
     PreparedData data = prepare_data(config.data, *tokenizer, cache_root(config));

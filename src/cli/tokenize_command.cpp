@@ -71,6 +71,9 @@ void add_tokenize_command(CLI::App& app) {
   auto args = std::make_shared<TokenizeArgs>();
   auto* command = app.add_subcommand(
       "tokenize", "Print the token ids of texts as one JSON array per input (or time encoding)");
+  set_help_footer(*command,
+                  "one JSON array of token ids per --text or --file, in order; with --save, "
+                  "nothing but the written files.");
   command
       ->add_option("--tokenizer", args->tokenizer_dir,
                    "Model or tokenizer directory: tokenizer.json, vocab.json + merges.txt, or "

@@ -22,6 +22,9 @@ void add_train_command(CLI::App& app) {
   auto options = std::make_shared<ConfigOptions>();
   auto resume = std::make_shared<std::string>();
   add_config_options(*command, *options);
+  set_help_footer(*command,
+                  "a JSON summary line at the end (steps, losses, seconds, final model directory); "
+                  "progress goes to stderr and RUN/train.log, metrics to RUN/metrics.jsonl.");
   auto* resume_option =
       command
           ->add_option("--resume", *resume,
@@ -30,7 +33,7 @@ void add_train_command(CLI::App& app) {
           ->expected(0, 1)
           ->type_name("[DIR]");
   command->callback([options, resume, resume_option] {
-    Config config = load_config(options->file, options->overrides());
+    Config config = load_checked_config(*options);
     std::optional<std::filesystem::path> resume_from;
     if (resume_option->count() > 0)
       resume_from = resume->empty() ? std::filesystem::path(config.run.output_dir)

@@ -25,10 +25,21 @@ class Problems {
   explicit Problems(std::string file) : file_(std::move(file)) {}
 
   void set_origin(const std::string& key, std::string origin) { origins_[key] = std::move(origin); }
-  void add(const std::string& key, const std::string& message) {
-    auto origin = origins_.find(key);
-    messages_.push_back((origin == origins_.end() ? file_ : origin->second) + ": " + key + ": " +
-                        message);
+  void add(const std::string& key, const std::string& message) { add_rule(key, {}, message); }
+  // A problem with `key` that a rule across keys found: it is blamed on the --set of `key` or of
+  // one of the `others`, when one of them was set on the command line, else on the file.
+  void add_rule(const std::string& key, std::initializer_list<std::string> others,
+                const std::string& message) {
+    std::vector<std::string> involved{key};
+    involved.insert(involved.end(), others);
+    std::string origin = file_;
+    for (const auto& name : involved) {
+      if (auto it = origins_.find(name); it != origins_.end()) {
+        origin = it->second;
+        break;
+      }
+    }
+    messages_.push_back(origin + ": " + key + ": " + message);
     bad_keys_.insert(key);
   }
   bool ok(const std::string& key) const { return bad_keys_.count(key) == 0; }
@@ -90,9 +101,63 @@ std::optional<std::string> closest(const std::string& name,
   return best;
 }
 
+// Names users bring from other trainers (Hugging Face's TrainingArguments, torchtune, axolotl),
+// and the lmtune key that means the same.
+struct ForeignName {
+  const char* name;
+  const char* hint;  // what to write instead
+};
+constexpr ForeignName kForeignNames[] = {
+    {"learning_rate", "train.lr"},
+    {"lr", "train.lr"},
+    {"batch_size", "train.micro_batch_size"},
+    {"per_device_train_batch_size", "train.micro_batch_size"},
+    {"train_batch_size", "train.micro_batch_size"},
+    {"micro_batch_size", "train.micro_batch_size"},
+    {"gradient_accumulation_steps", "train.grad_accum_steps"},
+    {"grad_accum_steps", "train.grad_accum_steps"},
+    {"warmup", "train.warmup_steps"},
+    {"warmup_steps", "train.warmup_steps"},
+    {"num_warmup_steps", "train.warmup_steps"},
+    {"num_train_epochs", "train.epochs"},
+    {"epochs", "train.epochs"},
+    {"max_steps", "train.max_steps"},
+    {"weight_decay", "train.weight_decay"},
+    {"lr_scheduler_type", "train.schedule"},
+    {"max_grad_norm", "train.max_grad_norm"},
+    {"fp16", "train.precision: fp16"},
+    {"bf16", "train.precision: bf16"},
+    {"precision", "train.precision"},
+    {"output_dir", "run.output_dir"},
+    {"seed", "run.seed"},
+    {"model_name_or_path", "model.path"},
+    {"base_model", "model.path"},
+    {"gradient_checkpointing", "model.gradient_checkpointing"},
+    {"max_seq_length", "data.seq_len"},
+    {"max_seq_len", "data.seq_len"},
+    {"seq_length", "data.seq_len"},
+    {"sequence_len", "data.seq_len"},
+    {"block_size", "data.seq_len"},
+    {"seq_len", "data.seq_len"},
+    {"train_file", "data.train"},
+    {"dataset", "data.train"},
+    {"validation_file", "data.validation"},
+    {"eval_steps", "eval.every_steps"},
+    {"save_steps", "checkpoint.every_steps"},
+    {"save_total_limit", "checkpoint.keep_last"},
+    {"logging_steps", "logging.every_steps"},
+};
+
+std::optional<std::string> foreign_name_hint(const std::string& name) {
+  for (const auto& foreign : kForeignNames)
+    if (name == foreign.name) return std::string(foreign.hint);
+  return std::nullopt;
+}
+
 std::string unknown_key_message(const std::string& key, const std::vector<std::string>& siblings) {
   std::string message = "unknown key";
   auto leaf = key.substr(key.rfind('.') + 1);
+  if (auto hint = foreign_name_hint(leaf)) return message + "; did you mean '" + *hint + "'?";
   if (auto guess = closest(leaf, siblings)) {
     message += "; did you mean '" + *guess + "'?";
     return message;
@@ -228,7 +293,11 @@ class TreeReader {
     for (const auto& [name, value] : tree_.items()) {
       if (std::find(sections_.begin(), sections_.end(), name) != sections_.end()) continue;
       std::string message = "unknown section";
-      if (auto guess = closest(name, sections_)) message += "; did you mean '" + *guess + "'?";
+      if (auto hint = foreign_name_hint(name))
+        message = "unknown section (lmtune's keys are grouped in sections); did you mean '" +
+                  *hint + "'?";
+      else if (auto guess = closest(name, sections_))
+        message += "; did you mean '" + *guess + "'?";
       problems_.add(name, message);
     }
   }
@@ -282,6 +351,18 @@ std::string type_name(const Field& field) {
   }
 }
 
+// "[0, 0.5]", ">= 1", "> 0": the bounds a field declares, as docs/config.md shows them.
+std::string range_text(const Field& field) {
+  auto lo = field.min_value();
+  auto hi = field.max_value();
+  if (lo && hi && !field.min_exclusive())
+    return "[" + format_number(*lo) + ", " + format_number(*hi) + "]";
+  if (lo && hi) return "(" + format_number(*lo) + ", " + format_number(*hi) + "]";
+  if (lo) return (field.min_exclusive() ? "> " : ">= ") + format_number(*lo);
+  if (hi) return "<= " + format_number(*hi);
+  return "";
+}
+
 class KeyLister {
  public:
   template <class S>
@@ -291,8 +372,8 @@ class KeyLister {
   }
   template <class T>
   void operator()(T& value, const Field& field) {
-    keys.push_back(
-        {prefix_ + field.name(), type_name<T>(field), to_json_value(value), field.help()});
+    keys.push_back({prefix_ + field.name(), type_name<T>(field), to_json_value(value), field.help(),
+                    range_text(field)});
   }
 
   std::vector<KeyInfo> keys;
@@ -332,8 +413,15 @@ json yaml_to_json(const YAML::Node& node, const std::string& file) {
   switch (node.Type()) {
     case YAML::NodeType::Map: {
       json object = json::object();
+      std::map<std::string, int> first_line;  // of each key, to name both lines of a duplicate
       for (const auto& entry : node) {
-        object[entry.first.as<std::string>()] = yaml_to_json(entry.second, file);
+        std::string key = entry.first.as<std::string>();
+        const int line = entry.first.Mark().line + 1;
+        if (auto [it, added] = first_line.emplace(key, line); !added)
+          throw ConfigError({file + ":" + std::to_string(line) + ": duplicate key '" + key +
+                             "' (first on line " + std::to_string(it->second) +
+                             "); keep one of them"});
+        object[key] = yaml_to_json(entry.second, file);
       }
       return object;
     }
@@ -362,9 +450,50 @@ std::string location(const fs::path& file, std::size_t line, std::size_t column)
   return file.string() + ":" + std::to_string(line) + ":" + std::to_string(column);
 }
 
+// Skips a JSON string starting at text[i] == '"'; returns the index after its closing quote.
+std::size_t skip_json_string(const std::string& text, std::size_t i) {
+  for (++i; i < text.size() && text[i] != '"'; ++i)
+    if (text[i] == '\\') ++i;
+  return i + 1;
+}
+
+// nlohmann::json keeps the last of two equal keys silently; a config with both is a mistake. The
+// text has already parsed, so a scan of strings, braces and colons is enough to find them.
+void reject_duplicate_json_keys(const std::string& text, const fs::path& file) {
+  struct Scope {
+    bool object;
+    std::map<std::string, std::size_t> key_lines;
+  };
+  std::vector<Scope> scopes;
+  std::size_t line = 1;
+  for (std::size_t i = 0; i < text.size();) {
+    const char ch = text[i];
+    if (ch == '\n') ++line;
+    if (ch == '{' || ch == '[') scopes.push_back({ch == '{', {}});
+    if ((ch == '}' || ch == ']') && !scopes.empty()) scopes.pop_back();
+    if (ch != '"') {
+      ++i;
+      continue;
+    }
+    std::size_t end = skip_json_string(text, i);
+    std::size_t next = text.find_first_not_of(" \t\r\n", end);
+    if (!scopes.empty() && scopes.back().object && next != std::string::npos && text[next] == ':') {
+      std::string key = json::parse(text.substr(i, end - i)).get<std::string>();
+      auto [it, added] = scopes.back().key_lines.emplace(key, line);
+      if (!added)
+        throw ConfigError({file.string() + ":" + std::to_string(line) + ": duplicate key '" + key +
+                           "' (first on line " + std::to_string(it->second) +
+                           "); keep one of them"});
+    }
+    i = end;
+  }
+}
+
 json parse_json(const std::string& text, const fs::path& file) {
   try {
-    return json::parse(text);
+    json tree = json::parse(text);
+    reject_duplicate_json_keys(text, file);
+    return tree;
   } catch (const json::parse_error& e) {
     // e.byte is the 1-based offset of the character that failed.
     std::size_t offset = std::min<std::size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
@@ -379,7 +508,24 @@ json parse_json(const std::string& text, const fs::path& file) {
   }
 }
 
+// YAML forbids tabs in indentation; yaml-cpp's own message for them does not say "tab".
+void reject_tab_indentation(const std::string& text, const fs::path& file) {
+  std::size_t line = 1;
+  for (std::size_t start = 0; start < text.size(); ++line) {
+    std::size_t end = std::min(text.find('\n', start), text.size());
+    std::size_t indent = text.find_first_not_of(" \t", start);
+    if (indent != std::string::npos && indent < end && text[indent] != '#') {
+      std::size_t tab = text.find('\t', start);
+      if (tab < indent)
+        throw ConfigError({location(file, line, tab - start + 1) +
+                           ": YAML indentation uses a tab; indent with spaces"});
+    }
+    start = end + 1;
+  }
+}
+
 json parse_yaml(const std::string& text, const fs::path& file) {
+  reject_tab_indentation(text, file);
   try {
     return yaml_to_json(YAML::Load(text), file.string());
   } catch (const YAML::ParserException& e) {
@@ -428,19 +574,39 @@ void resolve_paths(json& tree, const std::vector<KeyInfo>& keys, const fs::path&
   }
 }
 
-// The model's n_positions when it is known before loading it: from the shape of a random model, or
-// from a pretrained model's config.json when that file is readable.
-std::optional<int64_t> known_context_length(const Config& config) {
-  if (config.model.init == ModelInit::kRandom) return config.model.n_positions;
+// The model's context (n_positions) when it is known before loading it: from the shape of a random
+// model, or from a pretrained model's config.json when that file is readable. Unreadable files are
+// reported by check_inputs (lmtune/train/preflight.h), which the commands run.
+// The model's context and the config.json key it comes from ("n_positions" for a random model).
+struct ModelContext {
+  int64_t tokens = 0;
+  std::string key;
+};
+
+std::optional<ModelContext> known_context_length(const Config& config) {
+  if (config.model.init == ModelInit::kRandom)
+    return ModelContext{config.model.n_positions, "n_positions"};
   if (config.model.path.empty()) return std::nullopt;
   std::ifstream in(fs::path(config.model.path) / "config.json");
   if (!in) return std::nullopt;
   json hf = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!hf.is_object()) return std::nullopt;
+  std::optional<ModelContext> context;
   for (const char* key : {"n_positions", "n_ctx", "max_position_embeddings"}) {
-    if (hf.is_object() && hf.contains(key) && hf[key].is_number_integer())
-      return hf[key].get<int64_t>();
+    if (hf.contains(key) && hf[key].is_number_integer()) {
+      context = ModelContext{hf[key].get<int64_t>(), key};
+      break;
+    }
   }
-  return std::nullopt;
+  // Attention within a sliding window (Mistral; Qwen2 and Qwen3 with use_sliding_window) is not
+  // implemented, so sequences must fit in the window (lmtune/model/llama.h).
+  const bool windowed = hf.value("model_type", "") == "mistral" ||
+                        (hf.contains("use_sliding_window") && hf["use_sliding_window"] == true);
+  if (context && windowed && hf.contains("sliding_window") &&
+      hf["sliding_window"].is_number_integer() &&
+      hf["sliding_window"].get<int64_t>() < context->tokens)
+    context = ModelContext{hf["sliding_window"].get<int64_t>(), "sliding_window"};
+  return context;
 }
 
 // Rules that involve more than one key. Keys that already failed on their own are not judged again.
@@ -451,29 +617,40 @@ void check_cross_key_rules(const Config& c, Problems& p) {
     p.add("model.path", "is required with model.init: pretrained (or set model.init: random)");
   if (c.model.init == ModelInit::kRandom && c.model.path.empty() && c.model.tokenizer.empty() &&
       p.ok("model.tokenizer"))
-    p.add("model.tokenizer", "is required with model.init: random and no model.path: the model "
-                             "needs a tokenizer");
+    p.add("model.tokenizer",
+          "is required with model.init: random and no model.path: the model "
+          "needs a tokenizer");
   if (c.model.init == ModelInit::kRandom && c.model.n_embd % c.model.n_head != 0 &&
       p.ok("model.n_embd") && p.ok("model.n_head"))
-    p.add("model.n_embd", "must be divisible by model.n_head (" + std::to_string(c.model.n_head) +
-                              "), got " + std::to_string(c.model.n_embd));
+    p.add_rule("model.n_embd", {"model.n_head", "model.init"},
+               "must be divisible by model.n_head (" + std::to_string(c.model.n_head) + "), got " +
+                   std::to_string(c.model.n_embd));
   if (!c.data.validation.empty() && c.data.validation_split > 0 && p.ok("data.validation_split"))
-    p.add("data.validation_split", "cannot be used together with data.validation; set one of them");
+    p.add_rule("data.validation_split", {"data.validation"},
+               "cannot be used together with data.validation; set one of them");
   if (c.train.min_lr > c.train.lr && p.ok("train.min_lr") && p.ok("train.lr"))
-    p.add("train.min_lr", "must not exceed train.lr (" + format_number(c.train.lr) + "), got " +
-                              format_number(c.train.min_lr));
-  if (c.train.epochs == 0 && c.train.warmup_steps > c.train.max_steps && p.ok("train.warmup_steps") &&
-      p.ok("train.max_steps"))
-    p.add("train.warmup_steps", "must not exceed train.max_steps (" +
-                                    std::to_string(c.train.max_steps) + "), got " +
-                                    std::to_string(c.train.warmup_steps));
+    p.add_rule("train.min_lr", {"train.lr"},
+               "must not exceed train.lr (" + format_number(c.train.lr) + "), got " +
+                   format_number(c.train.min_lr));
   if (c.train.precision == Precision::kFp16 && c.run.device == Device::kCpu &&
       p.ok("train.precision"))
-    p.add("train.precision", "fp16 needs a CUDA device; use bf16 on the CPU");
+    p.add_rule("train.precision", {"run.device"}, "fp16 needs a CUDA device; use bf16 on the CPU");
+  if (c.data.seq_len == 1 && p.ok("data.seq_len"))
+    p.add("data.seq_len", "must be 0 (the model's context) or at least 2, got 1");
   if (auto context = known_context_length(c);
-      context && c.data.seq_len > *context && p.ok("data.seq_len"))
-    p.add("data.seq_len", "must not exceed the model's n_positions (" + std::to_string(*context) +
-                              "), got " + std::to_string(c.data.seq_len));
+      context && c.data.seq_len > context->tokens && p.ok("data.seq_len"))
+    p.add_rule("data.seq_len", {"model.path", "model.n_positions"},
+               "must not exceed the model's " + context->key + " (" +
+                   std::to_string(context->tokens) + "), got " + std::to_string(c.data.seq_len) +
+                   "; set data.seq_len to " + std::to_string(context->tokens) +
+                   " or less (0 takes the model's context)");
+}
+
+// data.seq_len: 0 becomes the model's context, capped at kMaxDefaultSeqLen, where it is known.
+void resolve_seq_len(Config& config) {
+  if (config.data.seq_len != 0) return;
+  if (auto context = known_context_length(config))
+    config.data.seq_len = std::min(context->tokens, kMaxDefaultSeqLen);
 }
 
 }  // namespace
@@ -483,6 +660,36 @@ std::vector<KeyInfo> config_keys() {
   KeyLister lister;
   defaults.visit(lister);
   return lister.keys;
+}
+
+std::string config_keys_markdown() {
+  auto escape = [](const std::string& text) {
+    std::string out;
+    for (char ch : text) {
+      if (ch == '<' || ch == '>' || ch == '|') out += '\\';
+      out += ch;
+    }
+    return out;
+  };
+  auto type_cell = [](const std::string& type) {
+    if (type.find('|') == std::string::npos) return type;
+    std::string out = "`";
+    for (char ch : type) out += ch == '|' ? std::string("`, `") : std::string(1, ch);
+    return out + "`";
+  };
+  std::ostringstream out;
+  std::string section;
+  for (const auto& key : config_keys()) {
+    std::string key_section = key.path.substr(0, key.path.find('.'));
+    if (key_section != section) {
+      section = key_section;
+      out << "\n## `" << section << "`\n\n"
+          << "| key | type | default | range | meaning |\n| --- | --- | --- | --- | --- |\n";
+    }
+    out << "| `" << key.path << "` | " << type_cell(key.type) << " | `" << key.default_value.dump()
+        << "` | " << key.range << " | " << escape(key.help) << " |\n";
+  }
+  return out.str();
 }
 
 Override parse_override(const std::string& text) {
@@ -535,6 +742,7 @@ Config load_config(const fs::path& file, const std::vector<Override>& overrides)
     config.run.output_dir = (fs::current_path() / "runs" / file.stem()).lexically_normal().string();
   check_cross_key_rules(config, problems);
   problems.throw_if_any();
+  resolve_seq_len(config);
   return config;
 }
 

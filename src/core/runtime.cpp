@@ -1,5 +1,6 @@
 #include "lmtune/core/runtime.h"
 
+#include <cstdlib>
 #include <thread>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -17,6 +18,17 @@ void init_logging(bool verbose) {
   logger->set_pattern("lmtune %^%l%$: %v");
   logger->set_level(verbose ? spdlog::level::debug : spdlog::level::info);
   spdlog::set_default_logger(logger);
+}
+
+std::filesystem::path machine_cache_dir() {
+  auto set = [](const char* name) -> const char* {
+    const char* value = std::getenv(name);
+    return value && *value ? value : nullptr;
+  };
+  if (const char* dir = set("LMTUNE_CACHE_DIR")) return dir;
+  if (const char* xdg = set("XDG_CACHE_HOME")) return std::filesystem::path(xdg) / "lmtune";
+  if (const char* home = set("HOME")) return std::filesystem::path(home) / ".cache" / "lmtune";
+  return std::filesystem::temp_directory_path() / "lmtune-cache";
 }
 
 }  // namespace lmtune

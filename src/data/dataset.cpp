@@ -91,8 +91,10 @@ class CacheBuilder {
       : config_(config),
         tokenizer_(tokenizer),
         filter_(config),
-        train_(dir, kTrain, config.seq_len, config.packing == Packing::kPad, eos_id),
-        validation_(dir, kValidation, config.seq_len, config.packing == Packing::kPad, eos_id) {}
+        train_(dir, kTrain, config.seq_len, config.packing == Packing::kPad, eos_id,
+               tokenizer.framing()),
+        validation_(dir, kValidation, config.seq_len, config.packing == Packing::kPad, eos_id,
+                    tokenizer.framing()) {}
 
   // Reads a source; `validation` says it is data.validation rather than data.train.
   void read(const std::vector<fs::path>& files, const std::string& path, bool validation);
@@ -293,6 +295,8 @@ PreparedData prepare_data(const DataConfig& config, const Tokenizer& tokenizer,
     validation_files = data_files(config.validation, "data.validation");
   json key = cache_key(config, train_files, validation_files, tokenizer);
   fs::path dir = cache_root / cache_dir_name(key);
+  spdlog::debug("token cache for {} train and {} validation file(s): {}", train_files.size(),
+                validation_files.size(), dir.string());
   if (auto cached = open_cache(dir, key, config.seq_len)) return std::move(*cached);
   build_cache(config, tokenizer, key, train_files, validation_files, dir, start);
   return open_splits(dir, config.seq_len, PrepareReport::from_json(read_meta(dir).at("report")));

@@ -1,6 +1,7 @@
 #include "lmtune/data/token_cache.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -85,8 +86,10 @@ json tokenizer_key(const Tokenizer& tokenizer) {
   Hash64 probe;
   for (int64_t id : tokenizer.encode(kTokenizerProbe)) probe.update_int(static_cast<uint64_t>(id));
   auto eos = tokenizer.eos_id();
+  const TokenFraming framing = tokenizer.framing();
   return {{"vocab_size", tokenizer.vocab_size()},
           {"eos_id", eos ? json(*eos) : json(nullptr)},
+          {"framing", {{"prefix", framing.prefix}, {"suffix", framing.suffix}}},
           {"probe", probe.hex()}};
 }
 
@@ -120,7 +123,9 @@ json cache_key(const DataConfig& config, const std::vector<fs::path>& train_file
 }
 
 std::string cache_dir_name(const json& key) {
-  return "tokens-" + Hash64().update(key.dump()).hex();
+  std::string name = "tokens-";  // appended, not "a" + b: GCC 12 warns falsely on that form here
+  name += Hash64().update(key.dump()).hex();
+  return name;
 }
 
 fs::path tokens_file(const fs::path& dir, const std::string& split) {
@@ -132,12 +137,13 @@ fs::path mask_file(const fs::path& dir, const std::string& split) {
 }
 
 SplitWriter::SplitWriter(const fs::path& dir, const std::string& split, int64_t seq_len,
-                         bool pad_documents, int64_t eos_id)
+                         bool pad_documents, int64_t eos_id, TokenFraming framing)
     : tokens_path_(tokens_file(dir, split)),
       mask_path_(mask_file(dir, split)),
       seq_len_(seq_len),
       pad_documents_(pad_documents),
-      eos_id_(eos_id) {
+      eos_id_(eos_id),
+      framing_(std::move(framing)) {
   tokens_fd_ = open_for_writing(tokens_path_);
   mask_fd_ = open_for_writing(mask_path_);
   push(eos_id_, /*loss=*/false);
@@ -150,10 +156,14 @@ SplitWriter::~SplitWriter() {
 
 void SplitWriter::add(const std::vector<int64_t>& prompt, const std::vector<int64_t>& text,
                       bool prompt_loss) {
+  const int64_t before = length_;
+  for (int64_t id : framing_.prefix) push(id, /*loss=*/false);
   for (int64_t id : prompt) push(id, prompt_loss);
   for (int64_t id : text) push(id, /*loss=*/true);
-  push(eos_id_, /*loss=*/true);  // the model learns where a document ends
-  tokens_ += static_cast<int64_t>(prompt.size() + text.size()) + 1;
+  for (int64_t id : framing_.suffix) push(id, /*loss=*/true);
+  // The model learns where a document ends.
+  if (framing_.suffix.empty() || framing_.suffix.back() != eos_id_) push(eos_id_, /*loss=*/true);
+  tokens_ += length_ - before;
   if (pad_documents_) pad_to_window();
 }
 
@@ -197,12 +207,31 @@ void write_synced(const fs::path& path, const std::string& text) {
   }
 }
 
+namespace {
+
+// The cache root is shared by every run on the machine, so build directories of prepares that were
+// killed would pile up there: a build directory whose process is gone is removed.
+void remove_abandoned_builds(const fs::path& cache_root) {
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(cache_root, error)) {
+    const std::string dir_name = entry.path().filename().string();
+    if (dir_name.rfind(".build-", 0) != 0) continue;
+    const std::string pid_text = dir_name.substr(dir_name.rfind('-') + 1);
+    if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+    if (::kill(pid, 0) != 0 && errno == ESRCH) remove_tree(entry.path());
+  }
+}
+
+}  // namespace
+
 fs::path make_build_dir(const fs::path& cache_root, const std::string& name) {
   std::error_code error;
   fs::create_directories(cache_root, error);
   if (error)
     throw Error("cannot create the cache directory " + cache_root.string() + ": " +
                 error.message());
+  remove_abandoned_builds(cache_root);
   // The process id keeps two concurrent prepares of the same data apart.
   fs::path dir = cache_root / (".build-" + name + "-" + std::to_string(::getpid()));
   remove_tree(dir);

@@ -1,6 +1,9 @@
 #include "lmtune/infer/generate.h"
 
+#include <fstream>
+
 #include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
 
 namespace lmtune {
 namespace {
@@ -27,13 +30,33 @@ int64_t pick_token(torch::Tensor logits, const GenerateOptions& options, at::Gen
 
 }  // namespace
 
-std::vector<int64_t> generate(GPT2& model, const std::vector<int64_t>& prompt,
+std::vector<int64_t> end_of_sequence_ids(const std::filesystem::path& model_dir,
+                                         const ModelSpec& spec,
+                                         std::optional<int64_t> tokenizer_eos) {
+  std::vector<int64_t> ids = spec.eos_token_ids;
+  auto add = [&](int64_t id) {
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  };
+  std::ifstream in(model_dir / "generation_config.json");
+  auto config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (in && config.is_object() && config.contains("eos_token_id")) {
+    const auto& eos = config["eos_token_id"];
+    if (eos.is_number_integer()) add(eos.get<int64_t>());
+    if (eos.is_array())
+      for (const auto& id : eos)
+        if (id.is_number_integer()) add(id.get<int64_t>());
+  }
+  if (tokenizer_eos) add(*tokenizer_eos);
+  return ids;
+}
+
+std::vector<int64_t> generate(const CausalLM& model, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options) {
   TORCH_CHECK(!prompt.empty(), "generate needs at least one prompt token");
   torch::NoGradGuard no_grad;
   model->eval();
-  const auto device = model->wte->weight.device();
-  const int64_t context = model->config().n_positions;
+  const auto device = model->output_weight().device();
+  const int64_t context = model->spec().context;
   auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
 
   std::vector<int64_t> tokens = prompt;
@@ -53,7 +76,8 @@ std::vector<int64_t> generate(GPT2& model, const std::vector<int64_t>& prompt,
     int64_t next = pick_token(logits[0][-1], options, generator);
     tokens.push_back(next);
     produced.push_back(next);
-    if (options.stop_id && next == *options.stop_id) break;
+    if (std::find(options.stop_ids.begin(), options.stop_ids.end(), next) != options.stop_ids.end())
+      break;
   }
   return produced;
 }

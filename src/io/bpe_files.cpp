@@ -1,8 +1,9 @@
-// Reading byte-level BPE vocabularies: GPT-2's vocab.json + merges.txt, and Hugging Face's
-// tokenizer.json.
+// Reading BPE tokenizers: GPT-2's vocab.json + merges.txt, and Hugging Face's tokenizer.json
+// (its model and added tokens here, the rest of its pipeline in tokenizer_json.cpp).
 #include "bpe_tokenizer.h"
 #include "lmtune/core/errors.h"
 #include "tokenizer_files.h"
+#include "tokenizer_json.h"
 
 namespace lmtune {
 namespace fs = std::filesystem;
@@ -128,21 +129,37 @@ std::vector<BpeMerge> read_json_merges(const json& tree, const fs::path& file,
   return merges;
 }
 
-// tokenizer.json's added_tokens: [{"id": 50256, "content": "<|endoftext|>", ...}, ...].
+// tokenizer.json's added_tokens: [{"id": 50256, "content": "<|endoftext|>", "special": true,
+// "normalized": false, "lstrip": false, "rstrip": false, "single_word": false}, ...]. A missing
+// flag is false, but "normalized", which is true for tokens that are not special, as in
+// transformers.
 std::vector<SpecialToken> read_added_tokens(const json& tree, const fs::path& file) {
   std::vector<SpecialToken> added;
   if (tree.is_null()) return added;
   if (!tree.is_array()) throw InputError(file.string(), "added_tokens: expected a list");
   for (std::size_t i = 0; i < tree.size(); ++i) {
     const json& entry = tree[i];
+    std::string where = "added_tokens[" + std::to_string(i) + "]";
     bool ok = entry.is_object() && entry.contains("id") && entry["id"].is_number_integer() &&
               entry["id"].get<int64_t>() >= 0 && entry["id"].get<int64_t>() <= kMaxTokenId &&
               entry.contains("content") && entry["content"].is_string();
     if (!ok)
-      throw InputError(file.string(), "added_tokens[" + std::to_string(i) +
-                                          "]: expected {\"id\": ID, \"content\": TEXT, ...}, got " +
-                                          entry.dump());
-    added.push_back({entry["content"].get<std::string>(), entry["id"].get<int64_t>()});
+      throw InputError(
+          file.string(),
+          where + ": expected {\"id\": ID, \"content\": TEXT, ...}, got " + entry.dump());
+    auto flag = [&](const char* key, bool fallback) {
+      const json& value = member(entry, key);
+      if (value.is_null()) return fallback;
+      if (!value.is_boolean())
+        throw InputError(file.string(), where + "." + key + ": expected true or false");
+      return value.get<bool>();
+    };
+    SpecialToken token{entry["content"].get<std::string>(), entry["id"].get<int64_t>()};
+    token.lstrip = flag("lstrip", false);
+    token.rstrip = flag("rstrip", false);
+    token.single_word = flag("single_word", false);
+    token.normalized = flag("normalized", !flag("special", false));
+    added.push_back(std::move(token));
   }
   return added;
 }
@@ -186,19 +203,76 @@ std::optional<int64_t> find_eos(const BpeVocabulary& vocabulary,
     if (token.text == eos) return token.id;
   }
   if (auto it = vocabulary.tokens.find(eos); it != vocabulary.tokens.end()) return it->second;
+  // Else the token the post-processor ends each text with, if it names one.
+  if (!configured && !vocabulary.framing.suffix.empty()) return vocabulary.framing.suffix.back();
   return std::nullopt;
 }
 
 // transformers lets tokenizer_config.json's add_prefix_space override the tokenizer files.
-bool add_prefix_space(bool in_tokenizer_file, const std::vector<fs::path>& config_files) {
+std::optional<bool> configured_prefix_space(const std::vector<fs::path>& config_files) {
   auto configured = configured_value(config_files, "add_prefix_space");
-  return configured && configured->is_boolean() ? configured->get<bool>() : in_tokenizer_file;
+  if (configured && configured->is_boolean()) return configured->get<bool>();
+  return std::nullopt;
 }
 
 // Whether `value` is absent, null or equal to `neutral` (the setting lmtune implements).
 bool is_default(const json& object, const char* key, const json& neutral) {
   auto it = object.find(key);
   return it == object.end() || it->is_null() || *it == neutral;
+}
+
+// Refuses a model lmtune would not encode as Hugging Face does.
+void check_model_supported(const json& model, const fs::path& file) {
+  auto refuse = [&](const std::string& what) { throw UnsupportedTokenizer(file.string(), what); };
+  if (!is_default(model, "type", "BPE"))
+    refuse("model.type " + model["type"].dump() + " is not BPE, the one model type supported");
+  if (!is_default(model, "dropout", 0.0))
+    refuse("model.dropout is set: BPE dropout is not supported");
+  if (!is_default(model, "continuing_subword_prefix", ""))
+    refuse("model.continuing_subword_prefix is set: subword prefixes are not supported");
+  if (!is_default(model, "end_of_word_suffix", ""))
+    refuse("model.end_of_word_suffix is set: word suffixes are not supported");
+}
+
+// Each id the post-processor adds must be a token, so that decoding it works.
+void check_framing_ids(const BpeVocabulary& vocabulary, const fs::path& file) {
+  std::vector<bool> defined;
+  auto define = [&](int64_t id) {
+    if (id >= static_cast<int64_t>(defined.size())) defined.resize(id + 1);
+    defined[id] = true;
+  };
+  for (const auto& [spelling, id] : vocabulary.tokens) define(id);
+  for (const auto& token : vocabulary.added) define(token.id);
+  for (const auto* ids : {&vocabulary.framing.prefix, &vocabulary.framing.suffix}) {
+    for (int64_t id : *ids) {
+      if (id >= static_cast<int64_t>(defined.size()) || !defined[id])
+        throw InputError(file.string(), "post_processor: it adds id " + std::to_string(id) +
+                                            ", which is no token of model.vocab or added_tokens");
+    }
+  }
+}
+
+// model.byte_fallback, fuse_unk, ignore_merges and unk_token.
+BpeModelOptions read_model_options(const json& model, const BpeVocabulary& vocabulary,
+                                   const fs::path& file) {
+  BpeModelOptions options;
+  auto flag = [&](const char* key) {
+    const json& value = member(model, key);
+    if (!value.is_null() && !value.is_boolean())
+      throw InputError(file.string(), std::string("model.") + key + ": expected true or false");
+    return value.is_boolean() && value.get<bool>();
+  };
+  options.byte_fallback = flag("byte_fallback");
+  options.fuse_unk = flag("fuse_unk");
+  options.ignore_merges = flag("ignore_merges");
+  const json& unk = member(model, "unk_token");
+  if (unk.is_null()) return options;
+  auto it =
+      unk.is_string() ? vocabulary.tokens.find(unk.get<std::string>()) : vocabulary.tokens.end();
+  if (it == vocabulary.tokens.end())
+    throw InputError(file.string(), "model.unk_token: " + unk.dump() + " is not in model.vocab");
+  options.unk_id = it->second;
+  return options;
 }
 
 }  // namespace
@@ -213,45 +287,36 @@ BpeVocabulary read_gpt2_vocabulary(const fs::path& dir) {
   auto config_files = tokenizer_config_files(dir);
   vocabulary.added = configured_special_tokens(vocabulary.tokens, config_files);
   vocabulary.eos_id = find_eos(vocabulary, config_files);
-  vocabulary.add_prefix_space = add_prefix_space(false, config_files);
+  vocabulary.pre_tokenizer.add_byte_level(configured_prefix_space(config_files).value_or(false),
+                                          /*use_regex=*/true);
+  vocabulary.decoder.add_byte_level();
+  vocabulary.tokenizer_class = "GPT2Tokenizer";
   vocabulary.files = {vocabulary.vocab_file, merges_file};
   vocabulary.files.insert(vocabulary.files.end(), config_files.begin(), config_files.end());
   return vocabulary;
 }
 
-std::optional<std::string> unsupported_tokenizer_json(const json& tree) {
-  if (!tree.is_object() || !tree.contains("model") || !tree["model"].is_object())
-    return "expected an object with a \"model\" object";
-  const json& model = tree["model"];
-  if (!is_default(model, "type", "BPE"))
-    return "model.type " + model["type"].dump() + " is not BPE";
-  if (!is_default(model, "dropout", 0.0)) return "model.dropout is set";
-  if (!is_default(model, "continuing_subword_prefix", ""))
-    return "model.continuing_subword_prefix is set";
-  if (!is_default(model, "end_of_word_suffix", "")) return "model.end_of_word_suffix is set";
-  if (!is_default(model, "byte_fallback", false)) return "model.byte_fallback is set";
-  if (!is_default(model, "ignore_merges", false)) return "model.ignore_merges is set";
-  if (!is_default(tree, "normalizer", nullptr)) return "it has a normalizer";
-  const json& pre = member(tree, "pre_tokenizer");
-  if (!pre.is_object() || pre.value("type", "") != "ByteLevel" || !pre.value("use_regex", true))
-    return "its pre_tokenizer is not ByteLevel with GPT-2's pattern";
-  return std::nullopt;
-}
-
 BpeVocabulary read_tokenizer_json_vocabulary(const json& tree, const fs::path& file) {
-  if (auto problem = unsupported_tokenizer_json(tree))
-    throw InputError(file.string(),
-                     "lmtune reads byte-level BPE tokenizers such as GPT-2's, but " + *problem);
+  if (!tree.is_object() || !tree.contains("model") || !tree["model"].is_object())
+    throw InputError(file.string(), "expected an object with a \"model\" object");
+  const json& model = tree["model"];
+  check_model_supported(model, file);
   BpeVocabulary vocabulary;
   vocabulary.vocab_file = file;
-  const json& model = tree["model"];
   vocabulary.tokens = read_vocab(member(model, "vocab"), file, "model.vocab");
   vocabulary.merges = read_json_merges(member(model, "merges"), file, vocabulary.tokens);
+  vocabulary.model = read_model_options(model, vocabulary, file);
   vocabulary.added = read_added_tokens(member(tree, "added_tokens"), file);
   auto config_files = tokenizer_config_files(file.parent_path());
-  vocabulary.add_prefix_space =
-      add_prefix_space(tree["pre_tokenizer"].value("add_prefix_space", false), config_files);
+  vocabulary.normalizer = read_normalizer(member(tree, "normalizer"), file);
+  vocabulary.pre_tokenizer = read_pre_tokenizer(member(tree, "pre_tokenizer"), file,
+                                                configured_prefix_space(config_files));
+  vocabulary.decoder = read_decoder(member(tree, "decoder"), file);
+  vocabulary.framing = read_post_processor(member(tree, "post_processor"), file);
+  check_framing_ids(vocabulary, file);
   vocabulary.eos_id = find_eos(vocabulary, config_files);
+  // A class that runs tokenizer.json as it is; GPT2Tokenizer would rebuild the pipeline.
+  vocabulary.tokenizer_class = "PreTrainedTokenizerFast";
   vocabulary.files = {file};
   vocabulary.files.insert(vocabulary.files.end(), config_files.begin(), config_files.end());
   return vocabulary;

@@ -4,6 +4,7 @@
 #include "lmtune/core/errors.h"
 #include "sentencepiece_tokenizer.h"
 #include "tokenizer_files.h"
+#include "tokenizer_json.h"
 
 namespace lmtune {
 namespace fs = std::filesystem;
@@ -13,38 +14,49 @@ namespace {
 constexpr const char* kExpectedFiles =
     "expected tokenizer.json, vocab.json + merges.txt, or tokenizer.model";
 
+bool has_gpt2_files(const fs::path& dir) {
+  return fs::exists(dir / "vocab.json") || fs::exists(dir / "merges.txt");
+}
+
+// Reads the layout check_tokenizer_files has found in `dir`.
 std::unique_ptr<Tokenizer> load_from_files(const fs::path& dir) {
   fs::path tokenizer_json = dir / "tokenizer.json";
-  fs::path vocab_json = dir / "vocab.json";
-  fs::path merges_txt = dir / "merges.txt";
   fs::path sentencepiece_model = dir / "tokenizer.model";
   if (fs::exists(tokenizer_json)) {
     nlohmann::json tree = read_tokenizer_json(tokenizer_json);
-    // Models such as Llama 2 ship a tokenizer.json lmtune does not encode beside the
-    // SentencePiece model it was converted from.
-    if (unsupported_tokenizer_json(tree) && fs::exists(sentencepiece_model))
+    try {
+      return std::make_unique<BpeTokenizer>(read_tokenizer_json_vocabulary(tree, tokenizer_json));
+    } catch (const UnsupportedTokenizer&) {
+      // Models such as T5 ship a tokenizer.json lmtune does not encode (a Unigram model) beside
+      // the SentencePiece model it was converted from.
+      if (!fs::exists(sentencepiece_model)) throw;
       return std::make_unique<SentencePieceTokenizer>(sentencepiece_model);
-    return std::make_unique<BpeTokenizer>(read_tokenizer_json_vocabulary(tree, tokenizer_json));
-  }
-  if (fs::exists(vocab_json) || fs::exists(merges_txt)) {
-    for (const auto& file : {vocab_json, merges_txt}) {
-      if (!fs::exists(file))
-        throw InputError(file.string(),
-                         "missing: a GPT-2 tokenizer needs both vocab.json and merges.txt");
     }
-    return std::make_unique<BpeTokenizer>(read_gpt2_vocabulary(dir));
   }
-  if (fs::exists(sentencepiece_model))
-    return std::make_unique<SentencePieceTokenizer>(sentencepiece_model);
-  throw InputError(dir.string(), std::string("no tokenizer files: ") + kExpectedFiles);
+  if (has_gpt2_files(dir)) return std::make_unique<BpeTokenizer>(read_gpt2_vocabulary(dir));
+  return std::make_unique<SentencePieceTokenizer>(sentencepiece_model);
 }
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& dir) {
+void check_tokenizer_files(const fs::path& dir) {
   if (!fs::is_directory(dir))
     throw InputError(dir.string(),
                      std::string("not a directory; ") + kExpectedFiles + " in a model directory");
+  if (fs::exists(dir / "tokenizer.json")) return;
+  if (has_gpt2_files(dir)) {
+    for (const char* name : {"vocab.json", "merges.txt"})
+      if (!fs::exists(dir / name))
+        throw InputError((dir / name).string(),
+                         "missing: a GPT-2 tokenizer needs both vocab.json and merges.txt");
+    return;
+  }
+  if (!fs::exists(dir / "tokenizer.model"))
+    throw InputError(dir.string(), std::string("no tokenizer files: ") + kExpectedFiles);
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& dir) {
+  check_tokenizer_files(dir);
   try {
     return load_from_files(dir);
   } catch (const nlohmann::json::exception& e) {

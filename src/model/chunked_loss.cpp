@@ -33,8 +33,11 @@ struct LossWithGradients : torch::autograd::Function<LossWithGradients> {
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     auto saved = ctx->get_saved_variables();
     const torch::Tensor& scale = grad_outputs[0];
-    auto scaled = [&](const torch::Tensor& g) { return g.defined() ? g * scale : g; };
-    return {scaled(saved[0]), scaled(saved[1]), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    // A frozen input (embeddings tied to the output head) had a placeholder instead.
+    auto scaled = [&](int input) {
+      return ctx->needs_input_grad(input) ? saved[input] * scale : torch::Tensor();
+    };
+    return {scaled(0), scaled(1), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -140,8 +143,13 @@ torch::Tensor chunked_lm_loss_sum(const torch::Tensor& hidden, const torch::Tens
     // Each chunk differentiated as soon as its loss is known; backward only scales the result.
     auto grads = chunk_gradients(hidden, weight, targets, chunk_tokens, hidden.requires_grad(),
                                  weight.requires_grad(), detail::AutocastState::current(), {});
-    return LossWithGradients::apply(hidden, weight, grads.loss, grads.grad_hidden,
-                                    grads.grad_weight);
+    // Every input of a custom function must be a defined tensor: an empty one stands for a
+    // gradient that is not wanted.
+    auto defined = [&](const torch::Tensor& g) {
+      return g.defined() ? g : torch::empty({0}, grads.loss.options());
+    };
+    return LossWithGradients::apply(hidden, weight, grads.loss, defined(grads.grad_hidden),
+                                    defined(grads.grad_weight));
   }
   return ChunkedLossFunction::apply(hidden, weight, targets, chunk_tokens);
 }

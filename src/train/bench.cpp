@@ -12,11 +12,14 @@
 #include "lmtune/core/schema.h"
 #include "lmtune/data/dataset.h"
 #include "lmtune/model/bf16_emulation.h"
+#include "lmtune/model/gpt2.h"
+#include "lmtune/model/llama.h"
 #include "lmtune/train/evaluate.h"
 #include "lmtune/train/memory.h"
 #include "lmtune/train/optim.h"
 #include "lmtune/train/precision.h"
 #include "lmtune/train/setup.h"
+#include "lmtune/train/training_step.h"
 
 namespace lmtune {
 namespace {
@@ -32,16 +35,30 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-GPT2Config bench_model_config(const BenchOptions& o) {
+// A random model of the benchmark's shape, without dropout (none of the peers have it).
+CausalLM bench_model(const BenchOptions& o) {
+  const int64_t mlp_width = o.mlp_width > 0 ? o.mlp_width : 4 * o.n_embd;
+  if (o.arch == "llama") {
+    LlamaConfig c;
+    c.vocab_size = o.vocab;
+    c.hidden_size = o.n_embd;
+    c.intermediate_size = mlp_width;
+    c.num_hidden_layers = o.n_layer;
+    c.num_attention_heads = o.n_head;
+    c.num_key_value_heads = o.n_kv_head > 0 ? o.n_kv_head : o.n_head;
+    c.head_dim = o.n_embd / o.n_head;
+    c.max_position_embeddings = o.seq;
+    return Llama(c);
+  }
   GPT2Config config;
   config.n_layer = o.n_layer;
   config.n_head = o.n_head;
   config.n_embd = o.n_embd;
+  config.n_inner = mlp_width;
   config.vocab_size = o.vocab;
   config.n_positions = o.seq;
-  // The reference trains without dropout; so does the benchmark.
   config.embd_pdrop = config.attn_pdrop = config.resid_pdrop = 0.0;
-  return config;
+  return GPT2(config);
 }
 
 // Uniformly random token ids, inputs and targets (B, T), in pinned memory on a GPU run so the
@@ -58,28 +75,6 @@ Batch synthetic_batch(const BenchOptions& o, torch::Device device) {
   batch.target_tokens = o.batch * o.seq;
   return batch;
 }
-
-// The trainer's step with its default settings (one micro-batch, clip at 1.0, AdamW at a
-// constant lr): the mean loss per target token, a device scalar.
-struct BenchStep {
-  GPT2& model;
-  AdamW& optimizer;
-  std::vector<torch::Tensor> params;
-  Batch batch;
-  Precision precision;
-  torch::Device device;
-  int64_t loss_chunk_tokens;
-
-  torch::Tensor operator()() {
-    auto loss = summed_token_loss(model, batch, precision, device, loss_chunk_tokens) /
-                static_cast<double>(batch.target_tokens);
-    loss.backward();
-    clip_grad_norm(params, /*max_norm=*/1.0);
-    optimizer.step(/*lr=*/3e-4);
-    optimizer.zero_grad();
-    return loss.detach();
-  }
-};
 
 struct MatmulPeak {
   double libtorch = 0;  // LibTorch's own kernel for the dtype
@@ -108,14 +103,13 @@ MatmulPeak measure_matmul_peak(Precision precision, torch::Device device) {
 
 }  // namespace
 
-double training_flops_per_token(const GPT2Config& config, int64_t seq) {
-  const double C = static_cast<double>(config.n_embd), L = static_cast<double>(config.n_layer);
-  const double V = static_cast<double>(config.vocab_size),
-               F = static_cast<double>(config.mlp_width());
-  // Per block: c_attn 3C^2 + 3C, c_proj C^2 + C, c_fc CF + F, c_proj FC + C, 2 LayerNorms 4C.
-  const double block = 4 * C * C + 2 * C * F + F + 9 * C;
-  const double n = V * C + L * block + 2 * C;  // + wte and ln_f; wpe left out
-  return 6 * n + 12 * L * C * static_cast<double>(seq);
+double training_flops_per_token(const CausalLMImpl& model, int64_t seq) {
+  const ModelSpec& spec = model.spec();
+  int64_t n = -spec.position_parameters;
+  for (const auto& p : model.parameters()) n += p.numel();
+  const double attention = 12.0 * static_cast<double>(spec.n_layer * spec.n_head * spec.head_dim) *
+                           static_cast<double>(seq);
+  return 6.0 * static_cast<double>(n) + attention;
 }
 
 double matmul_tflops(Precision precision, torch::Device device, int64_t n, double seconds,
@@ -149,7 +143,7 @@ BenchResult run_bench(const BenchOptions& o) {
   result.device = device.str();
   torch::manual_seed(0);
 
-  GPT2 model(bench_model_config(o));
+  CausalLM model = bench_model(o);
   model->to(device);
   model->train();
   AdamW optimizer(decay_groups(*model, /*weight_decay=*/0.1), AdamWOptions{});
@@ -157,29 +151,28 @@ BenchResult run_bench(const BenchOptions& o) {
   train.micro_batch_size = o.batch;
   train.chunked_loss = o.chunked_loss;
   train.loss_chunk_tokens = o.loss_chunk_tokens;
-  BenchStep step{model,
-                 optimizer,
-                 {},
-                 synthetic_batch(o, device),
-                 o.precision,
-                 device,
-                 resolve_loss_chunk_tokens(train, o.seq, o.vocab, device)};
-  for (const auto& group : optimizer.groups())
-    step.params.insert(step.params.end(), group.params.begin(), group.params.end());
-  for (const auto& p : step.params) result.parameters += p.numel();
+  // The trainer's step with its default settings (one micro-batch, clip at 1.0, AdamW at a
+  // constant lr).
+  TrainingStep step(
+      model, optimizer,
+      StepSettings{o.precision, device, resolve_loss_chunk_tokens(train, o.seq, o.vocab, device),
+                   /*max_grad_norm=*/1.0});
+  const std::vector<Batch> batch = {synthetic_batch(o, device)};
+  for (const auto& p : step.parameters()) result.parameters += p.numel();
+  auto run_step = [&] { return step.run(batch, /*lr=*/3e-4).loss; };
 
   const MatmulPeak before = measure_matmul_peak(o.precision, device);
-  for (int64_t i = 0; i < o.warmup; ++i) step();
+  for (int64_t i = 0; i < o.warmup; ++i) run_step();
   synchronize(device);
   const HostCacheStats cache_before = host_cache_stats();
   torch::Tensor loss;
   auto start = Clock::now();
-  for (int64_t i = 0; i < o.steps; ++i) loss = step();
+  for (int64_t i = 0; i < o.steps; ++i) loss = run_step();
   result.final_loss = loss.item<double>();  // the one host synchronisation of the timed loop
   const double seconds = seconds_since(start);
   const HostCacheStats cache_after = host_cache_stats();
 
-  result.loss_chunk_tokens = step.loss_chunk_tokens;
+  result.loss_chunk_tokens = step.settings().loss_chunk_tokens;
   result.peak_memory_mb = peak_memory_mb(device);
   result.host_cache = host_cache_installed();
   const int64_t hits = cache_after.hits - cache_before.hits;
@@ -187,7 +180,7 @@ BenchResult run_bench(const BenchOptions& o) {
   result.host_cache_hit_rate = large > 0 ? static_cast<double>(hits) / large : 0.0;
   result.step_ms = 1000.0 * seconds / static_cast<double>(o.steps);
   result.tokens_per_sec = static_cast<double>(o.batch * o.seq * o.steps) / seconds;
-  result.flops_per_token = training_flops_per_token(model->config(), o.seq);
+  result.flops_per_token = training_flops_per_token(*model, o.seq);
   result.achieved_tflops = result.flops_per_token * result.tokens_per_sec / 1e12;
   // Timed before and after the steps, best of both, so a moment of load on a shared machine does
   // not pass for the peak.
@@ -204,9 +197,12 @@ nlohmann::json bench_json(const BenchOptions& o, const BenchResult& r) {
           {"device", r.device},
           {"threads", r.threads},
           {"precision", enum_name(o.precision)},
+          {"arch", o.arch},
           {"n_layer", o.n_layer},
           {"n_head", o.n_head},
           {"n_embd", o.n_embd},
+          {"n_kv_head", o.n_kv_head > 0 ? o.n_kv_head : o.n_head},
+          {"mlp_width", o.mlp_width > 0 ? o.mlp_width : 4 * o.n_embd},
           {"vocab", o.vocab},
           {"batch", o.batch},
           {"seq", o.seq},

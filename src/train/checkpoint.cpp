@@ -1,4 +1,6 @@
 #include "lmtune/train/checkpoint.h"
+#include "lmtune/io/json_file.h"
+#include "lmtune/model/hf_model_files.h"
 
 #include <unistd.h>
 
@@ -86,14 +88,6 @@ std::string file_checksum(const fs::path& path) {
   return checksum;
 }
 
-json read_json_file(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw InputError(path.string(), "cannot read");
-  json value = json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (value.is_discarded()) throw InputError(path.string(), "is not valid JSON");
-  return value;
-}
-
 // The step of a "step-XXXXXXXX" directory name, or -1.
 int64_t step_of(const fs::path& dir) {
   std::string name = dir.filename().string();
@@ -141,24 +135,48 @@ void crash_here_if_testing(int64_t step) {
 
 }  // namespace
 
+namespace {
+
+// Writes each TrainerState field at its JSON pointer; an empty optional as null.
+struct StateWriter {
+  json& out;
+  template <class T>
+  void operator()(const T& value, const char* pointer) {
+    out[json::json_pointer(pointer)] = value;
+  }
+  template <class T>
+  void operator()(const std::optional<T>& value, const char* pointer) {
+    out[json::json_pointer(pointer)] = value ? json(*value) : json(nullptr);
+  }
+};
+
+// Reads each TrainerState field from its JSON pointer; a missing one throws json::exception.
+struct StateReader {
+  const json& in;
+  template <class T>
+  void operator()(T& value, const char* pointer) {
+    value = in.at(json::json_pointer(pointer)).get<T>();
+  }
+  template <class T>
+  void operator()(std::optional<T>& value, const char* pointer) {
+    const json& node = in.at(json::json_pointer(pointer));
+    value = node.is_null() ? std::nullopt : std::optional<T>(node.get<T>());
+  }
+};
+
+}  // namespace
+
 json TrainerState::to_json() const {
-  return {{"format_version", kCheckpointFormatVersion},
-          {"step", step},
-          {"epoch", data_position.epoch},
-          {"data_position", {{"epoch", data_position.epoch}, {"index", data_position.index}}},
-          {"tokens_seen", tokens_seen},
-          {"lr_schedule", {{"step", step}, {"lr", lr}}},
-          {"loss_scaler", loss_scaler},
-          {"rng", {{"cpu", cpu_rng_state}, {"cuda", cuda_rng_states}}},
-          {"best_eval_loss", best_eval_loss ? json(*best_eval_loss) : json(nullptr)},
-          {"evals_without_improvement", evals_without_improvement},
-          {"eval_loss", eval_loss ? json(*eval_loss) : json(nullptr)},
-          {"logging", {{"interval_loss", interval_loss}, {"last_log_step", last_log_step}}},
-          {"elapsed_s", elapsed_s},
-          {"versions",
-           {{"lmtune", lmtune_version()}, {"git", kGitRevision}, {"libtorch", libtorch_version()}}},
-          {"config", config},
-          {"config_hash", config_hash}};
+  json out = {{"format_version", kCheckpointFormatVersion}};
+  StateWriter writer{out};
+  TrainerState copy = *this;  // visit() is shared with the reader, so it takes a mutable state
+  copy.visit(writer);
+  // Written for people reading the file; not read back.
+  out["epoch"] = data_position.epoch;
+  out["lr_schedule"]["step"] = step;
+  out["versions"] = {
+      {"lmtune", lmtune_version()}, {"git", kGitRevision}, {"libtorch", libtorch_version()}};
+  return out;
 }
 
 TrainerState TrainerState::from_json(const json& j, const std::string& file) {
@@ -168,22 +186,8 @@ TrainerState TrainerState::from_json(const json& j, const std::string& file) {
                                  " is not the " + std::to_string(kCheckpointFormatVersion) +
                                  " this lmtune reads");
     TrainerState s;
-    s.step = j.at("step").get<int64_t>();
-    s.data_position = {j.at("data_position").at("epoch").get<int64_t>(),
-                       j.at("data_position").at("index").get<int64_t>()};
-    s.tokens_seen = j.at("tokens_seen").get<int64_t>();
-    s.lr = j.at("lr_schedule").at("lr").get<double>();
-    s.loss_scaler = j.at("loss_scaler");
-    s.cpu_rng_state = j.at("rng").at("cpu").get<std::string>();
-    s.cuda_rng_states = j.at("rng").at("cuda").get<std::vector<std::string>>();
-    if (!j.at("best_eval_loss").is_null()) s.best_eval_loss = j["best_eval_loss"].get<double>();
-    s.evals_without_improvement = j.at("evals_without_improvement").get<int64_t>();
-    if (!j.at("eval_loss").is_null()) s.eval_loss = j["eval_loss"].get<double>();
-    s.interval_loss = j.at("logging").at("interval_loss").get<double>();
-    s.last_log_step = j.at("logging").at("last_log_step").get<int64_t>();
-    s.elapsed_s = j.at("elapsed_s").get<double>();
-    s.config = j.at("config");
-    s.config_hash = j.at("config_hash").get<std::string>();
+    StateReader reader{j};
+    s.visit(reader);
     return s;
   } catch (const json::exception& e) {
     throw InputError(file, std::string("missing or malformed field: ") + e.what());
@@ -220,7 +224,7 @@ fs::path checkpoint_dir(const fs::path& run_dir, int64_t step) {
   return run_dir / "checkpoints" / name;
 }
 
-fs::path save_checkpoint(const fs::path& run_dir, const GPT2& model, const Tokenizer& tokenizer,
+fs::path save_checkpoint(const fs::path& run_dir, const CausalLM& model, const Tokenizer& tokenizer,
                          const AdamW& optimizer, const TrainerState& state) {
   const fs::path final_dir = checkpoint_dir(run_dir, state.step);
   const fs::path tmp = final_dir.parent_path() / (kTempPrefix + std::to_string(state.step) + "-" +
@@ -228,7 +232,8 @@ fs::path save_checkpoint(const fs::path& run_dir, const GPT2& model, const Token
   remove_tree(tmp);
   fs::create_directories(tmp);
   try {
-    save_gpt2(model, tmp, &tokenizer);  // config.json, model.safetensors, tokenizer: loads in HF
+    // config.json, model.safetensors (one file, whatever its size), tokenizer: loads in HF.
+    save_hf_model(*model, tmp, &tokenizer, /*max_shard_bytes=*/INT64_MAX);
     crash_here_if_testing(state.step);
     NamedTensors moments;
     for (const auto& s : optimizer.state()) {
@@ -292,13 +297,22 @@ fs::path find_resume_checkpoint(const fs::path& run_or_checkpoint) {
   }
   throw InputError(run_or_checkpoint.string(),
                    candidates.empty()
-                       ? "no checkpoints to resume from (checkpoints/ is empty or missing)"
+                       ? "no checkpoints to resume from (checkpoints/ is empty or missing); "
+                         "start the run without --resume"
                        : "none of its " + std::to_string(candidates.size()) +
-                             " checkpoints is usable (see the warnings above)");
+                             " checkpoints is usable (see the warnings above); resume from "
+                             "another run or checkpoint directory with --resume DIR, or "
+                             "delete its checkpoints/ to start over");
 }
 
-void load_checkpoint_weights(const fs::path& dir, GPT2& model, AdamW& optimizer) {
-  load_gpt2_weights(model, dir / kModelFile);
+std::optional<int64_t> newest_complete_step(const fs::path& run_dir) {
+  for (const auto& dir : list_checkpoints(run_dir))
+    if (fs::exists(dir / kCompleteFile)) return step_of(dir);
+  return std::nullopt;
+}
+
+void load_checkpoint_weights(const fs::path& dir, const CausalLM& model, AdamW& optimizer) {
+  load_hf_weights(*model, HfWeights(dir));
   SafetensorsFile moments(dir / kOptimizerFile);
   torch::NoGradGuard no_grad;
   for (auto& s : optimizer.state()) {

@@ -20,7 +20,7 @@ torch::Tensor to_device(const torch::Tensor& host, torch::Device device) {
 
 }  // namespace
 
-torch::Tensor summed_token_loss(GPT2& model, const Batch& batch, Precision precision,
+torch::Tensor summed_token_loss(const CausalLM& model, const Batch& batch, Precision precision,
                                 torch::Device device, int64_t loss_chunk_tokens) {
   auto inputs = to_device(batch.inputs, device);    // (B, T)
   auto targets = to_device(batch.targets, device);  // (B, T)
@@ -55,8 +55,9 @@ int64_t resolve_loss_chunk_tokens(const TrainConfig& train, int64_t seq_len, int
   return train.loss_chunk_tokens;
 }
 
-EvalResult evaluate(GPT2& model, const TokenSplit& split, int64_t batch_size, int64_t max_batches,
-                    Precision precision, torch::Device device, int64_t loss_chunk_tokens) {
+EvalResult evaluate(const CausalLM& model, const TokenSplit& split, int64_t batch_size,
+                    int64_t max_batches, Precision precision, torch::Device device,
+                    int64_t loss_chunk_tokens) {
   torch::NoGradGuard no_grad;
   bool was_training = model->is_training();
   model->eval();

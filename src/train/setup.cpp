@@ -1,6 +1,9 @@
 #include "lmtune/train/setup.h"
 
 #include "lmtune/core/errors.h"
+#include "lmtune/core/runtime.h"
+#include "lmtune/model/gpt2.h"
+#include "lmtune/model/model_factory.h"
 
 namespace lmtune {
 namespace fs = std::filesystem;
@@ -19,15 +22,15 @@ fs::path tokenizer_dir(const Config& config) {
 }
 
 fs::path cache_root(const Config& config) {
-  return config.data.cache_dir.empty() ? fs::path(config.run.output_dir) / "cache"
+  return config.data.cache_dir.empty() ? machine_cache_dir() / "tokens"
                                        : fs::path(config.data.cache_dir);
 }
 
-GPT2 build_model(const Config& config, const Tokenizer& tokenizer, torch::Device device) {
-  GPT2 model{nullptr};
+CausalLM build_model(const Config& config, const Tokenizer& tokenizer, torch::Device device) {
+  CausalLM model;
   std::string origin;
   if (config.model.init == ModelInit::kPretrained) {
-    model = load_gpt2(config.model.path, device);
+    model = load_causal_lm(config.model.path, device);
     origin = config.model.path;
   } else {
     GPT2Config shape;
@@ -37,19 +40,24 @@ GPT2 build_model(const Config& config, const Tokenizer& tokenizer, torch::Device
     shape.n_positions = config.model.n_positions;
     shape.vocab_size = config.model.vocab_size;
     if (auto eos = tokenizer.eos_id()) shape.bos_token_id = shape.eos_token_id = *eos;
-    model = GPT2(shape);
-    model->init_weights(static_cast<uint64_t>(config.run.seed));
+    GPT2 gpt2(shape);
+    gpt2->init_weights(static_cast<uint64_t>(config.run.seed));
+    model = gpt2;
     model->to(device);
     origin = "model.vocab_size";
   }
-  const auto& c = model->config();
+  const ModelSpec& c = model->spec();
   if (tokenizer.vocab_size() > c.vocab_size)
     throw InputError(origin, "the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
                                  " tokens but the model's vocabulary only " +
                                  std::to_string(c.vocab_size));
-  if (config.data.seq_len > c.n_positions)
-    throw ConfigError({"data.seq_len: must not exceed the model's n_positions (" +
-                       std::to_string(c.n_positions) + "), got " +
+  if (config.data.seq_len == 0)
+    throw ConfigError(
+        {"data.seq_len: 0 (the model's context) was not resolved; load the config "
+         "with load_config, which reads the model's config.json"});
+  if (config.data.seq_len > c.context)
+    throw ConfigError({"data.seq_len: must not exceed the model's context (" +
+                       std::to_string(c.context) + " tokens), got " +
                        std::to_string(config.data.seq_len)});
   return model;
 }

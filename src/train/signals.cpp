@@ -24,21 +24,46 @@ void on_stop_signal(int signal) {
   (void)!::write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
 }
 
+void on_signal_during_setup(int) {
+  static const char kMessage[] =
+      "\nlmtune error: interrupted while setting up the run, before its first checkpoint: nothing "
+      "was saved; run the same command again to start over\n";
+  (void)!::write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
+  ::_exit(kExitInterrupted);
+}
+
+void install(void (*handler)(int), struct sigaction* previous_int,
+             struct sigaction* previous_term) {
+  struct sigaction action {};
+  action.sa_handler = handler;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  ::sigaction(SIGINT, &action, previous_int);
+  ::sigaction(SIGTERM, &action, previous_term);
+}
+
+void restore(const struct sigaction& previous_int, const struct sigaction& previous_term) {
+  ::sigaction(SIGINT, &previous_int, nullptr);
+  ::sigaction(SIGTERM, &previous_term, nullptr);
+}
+
 }  // namespace
 
 StopSignals::StopSignals() {
   g_stop_signal = 0;
-  struct sigaction action {};
-  action.sa_handler = on_stop_signal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  ::sigaction(SIGINT, &action, &previous_int_);
-  ::sigaction(SIGTERM, &action, &previous_term_);
+  install(on_stop_signal, &previous_int_, &previous_term_);
 }
 
 StopSignals::~StopSignals() {
-  ::sigaction(SIGINT, &previous_int_, nullptr);
-  ::sigaction(SIGTERM, &previous_term_, nullptr);
+  restore(previous_int_, previous_term_);
+}
+
+ExitOnSignal::ExitOnSignal() {
+  install(on_signal_during_setup, &previous_int_, &previous_term_);
+}
+
+ExitOnSignal::~ExitOnSignal() {
+  restore(previous_int_, previous_term_);
 }
 
 int StopSignals::received() const {

@@ -10,6 +10,7 @@
 #include "lmtune/core/runtime.h"
 #include "lmtune/io/remove_tree.h"
 #include "lmtune/io/safetensors.h"
+#include "lmtune/model/hf_model_files.h"
 #include "lmtune/train/freeze.h"
 #include "lmtune/train/memory.h"
 #include "lmtune/train/setup.h"
@@ -49,12 +50,32 @@ double log_loss_scale(LossScaler& scaler, Progress& progress, int64_t since) {
   return scale;
 }
 
+// A run directory is worth protecting once it holds a complete checkpoint or a final model. One
+// left by a start that failed before its first save (a typo, a bad data line, Ctrl-C while
+// loading) is taken over by the next start: its metrics and unfinished checkpoints go, its log
+// and any token cache inside it stay. Returns what was taken over, for the log.
+std::string claim_run_directory(const fs::path& dir) {
+  const auto step = newest_complete_step(dir);
+  if (step || fs::exists(dir / "final"))
+    throw UsageError(
+        "run.output_dir: " + dir.string() + " already holds a run (" +
+        (step ? "checkpoint at step " + std::to_string(*step) : std::string("a final model")) +
+        "); continue it with lmtune train CONFIG --resume, or choose another run.output_dir, or "
+        "delete the directory to start over");
+  if (!fs::exists(dir / "metrics.jsonl") && !fs::exists(dir / "checkpoints")) return "";
+  fs::remove(dir / "metrics.jsonl");
+  remove_tree(dir / "checkpoints");
+  return "taking over " + dir.string() +
+         ": it holds no complete checkpoint (an earlier start ended before its first save)";
+}
+
 }  // namespace
 
 Trainer::Trainer(Config config, std::optional<fs::path> resume_from)
     : config_(std::move(config)), resume_from_(std::move(resume_from)) {}
 
 void Trainer::setup() {
+  ExitOnSignal setting_up;  // nothing to save before the first step: Ctrl-C just exits
   int64_t threads = set_threads(config_.run.threads);
   device_ = resolve_device(config_.run.device);
   if (config_.train.precision == Precision::kFp16 && !device_.is_cuda())
@@ -91,17 +112,28 @@ void Trainer::setup() {
     progress_->message("train.epochs=" + std::to_string(config_.train.epochs) + " makes " +
                        std::to_string(total_steps_) + " optimizer steps");
   }
+  if (config_.train.warmup_steps > total_steps_)
+    progress_->message(fmt::format(
+        "train.warmup_steps ({}) is longer than the run ({} steps): the learning rate rises to "
+        "{:.3g} at the last step and never reaches train.lr ({:g})",
+        config_.train.warmup_steps, total_steps_, learning_rate(config_.train, total_steps_ - 1),
+        config_.train.lr));
 
   model_->train();
   optimizer_ = std::make_unique<AdamW>(
       decay_groups(*model_, config_.train.weight_decay),
       AdamWOptions{config_.train.beta1, config_.train.beta2, config_.train.eps});
-  for (const auto& group : optimizer_->groups())
-    params_.insert(params_.end(), group.params.begin(), group.params.end());
+  training_step_ =
+      std::make_unique<TrainingStep>(model_, *optimizer_,
+                                     StepSettings{config_.train.precision, device_,
+                                                  loss_chunk_tokens_, config_.train.max_grad_norm},
+                                     scaler_.get());
   int64_t parameters = 0;
-  for (const auto& p : params_) parameters += p.numel();
+  for (const auto& p : training_step_->parameters()) parameters += p.numel();
   progress_->message("model: " + std::to_string(parameters) + " trainable parameters, " +
-                     std::to_string(model_->config().n_layer) + " layers");
+                     std::to_string(model_->spec().n_layer) + " layers");
+  state_.config = config_to_json(config_);
+  state_.config_hash = config_hash(state_.config);
   if (resume_from_) resume();
   release_cpu_copies();
 }
@@ -115,8 +147,8 @@ void Trainer::release_cpu_copies() {
 
 void Trainer::resume() {
   fs::path dir = find_resume_checkpoint(*resume_from_);
-  TrainerState state = read_checkpoint(dir);
-  ConfigChanges changes = compare_configs(state.config, config_to_json(config_));
+  TrainerState saved = read_checkpoint(dir);
+  ConfigChanges changes = compare_configs(saved.config, config_to_json(config_));
   if (!changes.refused.empty()) {
     std::vector<std::string> problems;
     for (const auto& change : changes.refused)
@@ -129,38 +161,31 @@ void Trainer::resume() {
     progress_->message("resume: taking the new " + change);
 
   load_checkpoint_weights(dir, model_, *optimizer_);
-  batcher_->set_position(state.data_position);
-  step_ = saved_step_ = state.step;
-  tokens_seen_ = state.tokens_seen;
-  last_lr_ = state.lr;
-  best_eval_loss_ = state.best_eval_loss;
-  evals_without_improvement_ = state.evals_without_improvement;
-  resumed_interval_loss_ = state.interval_loss;
-  last_log_step_ = state.last_log_step;
-  elapsed_before_ = state.elapsed_s;
-  if (scaler_ && state.loss_scaler.is_object())
-    scaler_->set_state({state.loss_scaler.value("scale", config_.train.loss_scale_init),
-                        state.loss_scaler.value("growth_tracker", int64_t{0})});
+  state_ = saved;
+  state_.config = config_to_json(config_);  // with the changes a resume may make
+  state_.config_hash = config_hash(state_.config);
+  batcher_->set_position(state_.data_position);
+  saved_step_ = state_.step;
+  elapsed_before_ = state_.elapsed_s;
+  if (scaler_ && state_.loss_scaler.is_object())
+    scaler_->set_state({state_.loss_scaler.value("scale", config_.train.loss_scale_init),
+                        state_.loss_scaler.value("growth_tracker", int64_t{0})});
   rerun_until_ = last_logged_step(fs::path(config_.run.output_dir) / "metrics.jsonl");
   // Last: nothing may draw random numbers between restoring the generators and the next step.
-  restore_rng_state(state);
-  progress_->message(
-      fmt::format("resuming from {} at step {} (epoch {}, window {} of the data order)",
-                  dir.string(), step_, state.data_position.epoch, state.data_position.index));
+  restore_rng_state(state_);
+  progress_->message(fmt::format(
+      "resuming from {} at step {} (epoch {}, window {} of the data order)", dir.string(),
+      state_.step, state_.data_position.epoch, state_.data_position.index));
 }
 
 void Trainer::prepare_run_directory() {
   fs::path dir = config_.run.output_dir;
-  bool has_run = fs::exists(dir / "metrics.jsonl") || fs::exists(dir / "final") ||
-                 fs::exists(dir / "checkpoints");
-  if (has_run && !resume_from_)
-    throw UsageError("run.output_dir: " + dir.string() +
-                     " already holds a run; continue it with --resume, or choose another "
-                     "run.output_dir");
+  std::string taken_over = resume_from_ ? "" : claim_run_directory(dir);
   fs::create_directories(dir);
   write_file_atomically(dir / "config.json", config_to_json(config_).dump(2) + "\n");
   metrics_ = std::make_unique<MetricsFile>(dir / "metrics.jsonl");
   progress_ = std::make_unique<Progress>(dir / "train.log");
+  if (!taken_over.empty()) progress_->message(taken_over);
 }
 
 // Layer freezing, activation checkpointing, the chunked loss and the fp16 loss scaler: all fixed
@@ -176,7 +201,7 @@ void Trainer::setup_memory_levers() {
                     config_.model.checkpoint_every));
   }
   loss_chunk_tokens_ =
-      resolve_loss_chunk_tokens(train, config_.data.seq_len, model_->config().vocab_size, device_);
+      resolve_loss_chunk_tokens(train, config_.data.seq_len, model_->spec().vocab_size, device_);
   if (loss_chunk_tokens_ > 0)
     progress_->message(fmt::format("chunked loss: {} tokens per chunk (train.chunked_loss: {})",
                                    loss_chunk_tokens_, enum_name(train.chunked_loss)));
@@ -190,74 +215,57 @@ void Trainer::setup_memory_levers() {
 // were skipped, so the weights and the last checkpoint are intact. On a GPU the count is read
 // only at logging steps, as reading it synchronises.
 void Trainer::check_nonfinite_streak() const {
-  if (device_.is_cuda() && step_ % config_.logging.every_steps != 0) return;
+  if (device_.is_cuda() && state_.step % config_.logging.every_steps != 0) return;
   const int64_t streak = nonfinite_->length();
   if (streak < config_.train.max_nonfinite_steps) return;
   throw Error(fmt::format(
       "step {}: the loss was inf or NaN for {} consecutive steps (steps {} to {}; "
       "train.max_nonfinite_steps: {}); those steps were skipped and the last checkpoint is "
       "intact. Lower train.lr, or train in fp32",
-      step_, streak, step_ - streak + 1, step_, config_.train.max_nonfinite_steps));
+      state_.step, streak, state_.step - streak + 1, state_.step,
+      config_.train.max_nonfinite_steps));
 }
 
-Trainer::StepResult Trainer::train_step(double lr) {
-  // Loss is averaged over the target tokens of all micro-batches of the step, so accumulating
-  // 4 x 2 sequences gives the same gradient as one batch of 8.
+TrainingStep::Result Trainer::train_step(double lr) {
   std::vector<Batch> batches;
-  int64_t targets = 0;
   for (int64_t i = 0; i < config_.train.grad_accum_steps; ++i) {
     batches.push_back(batcher_->next());
-    targets += batches.back().target_tokens;
+    state_.tokens_seen += batches.back().inputs.numel();
   }
-  auto step_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(device_));
-  for (const auto& batch : batches) {
-    auto loss =
-        summed_token_loss(model_, batch, config_.train.precision, device_, loss_chunk_tokens_) /
-        static_cast<double>(std::max<int64_t>(targets, 1));
-    (scaler_ ? scaler_->scale(loss) : loss).backward();
-    step_loss += loss.detach();
-    tokens_seen_ += batch.inputs.numel();
-  }
-  // A step whose gradients or loss are inf/NaN is skipped on the device (found_inf = 1); clipping
-  // sees unscaled gradients.
-  auto found_inf = torch::zeros({}, step_loss.options());
-  if (scaler_) scaler_->unscale(params_, found_inf);
-  auto grad_norm = clip_grad_norm(params_, config_.train.max_grad_norm);
-  auto loss_nonfinite = not_finite(step_loss);
-  found_inf = torch::maximum(found_inf, torch::maximum(loss_nonfinite, not_finite(grad_norm)));
-  optimizer_->step(lr, found_inf);
-  optimizer_->zero_grad();
-  if (scaler_) scaler_->update(found_inf);
-  nonfinite_->record(loss_nonfinite);
-  return {step_loss, grad_norm};
+  TrainingStep::Result result = training_step_->run(batches, lr);
+  nonfinite_->record(result.loss_nonfinite);
+  return result;
 }
 
-void Trainer::log_step(int64_t step, const StepResult& result, double lr) {
+void Trainer::log_step(int64_t step, const TrainingStep::Result& result, double lr) {
   // Reading the loss synchronises with the device: only done here, at logging intervals.
-  const int64_t steps = step - last_log_step_;
+  const int64_t steps = step - state_.last_log_step;
   double loss = interval_loss_.item<double>() / static_cast<double>(std::max<int64_t>(steps, 1));
   double grad_norm = result.grad_norm.item<double>();
   double interval = seconds_since(last_log_time_);
   double tokens_per_sec =
-      static_cast<double>(tokens_seen_ - last_log_tokens_) / std::max(interval, 1e-9);
+      static_cast<double>(state_.tokens_seen - last_log_tokens_) / std::max(interval, 1e-9);
   double elapsed = elapsed_before_ + seconds_since(start_time_);
   double session_steps = static_cast<double>(std::max<int64_t>(step - first_step_, 1));
   double eta =
       seconds_since(start_time_) / session_steps * static_cast<double>(total_steps_ - step);
-  nlohmann::json record = {
-      {"step", step},           {"loss", loss},           {"lr", lr},
-      {"grad_norm", grad_norm}, {"tokens", tokens_seen_}, {"tokens_per_sec", tokens_per_sec},
-      {"elapsed_s", elapsed}};
+  nlohmann::json record = {{"step", step},
+                           {"loss", loss},
+                           {"lr", lr},
+                           {"grad_norm", grad_norm},
+                           {"tokens", state_.tokens_seen},
+                           {"tokens_per_sec", tokens_per_sec},
+                           {"elapsed_s", elapsed}};
   if (step <= rerun_until_) record["rerun"] = true;
-  if (scaler_) record["loss_scale"] = log_loss_scale(*scaler_, *progress_, last_log_step_);
+  if (scaler_) record["loss_scale"] = log_loss_scale(*scaler_, *progress_, state_.last_log_step);
   metrics_->write(record);
   progress_->step_line(
       fmt::format("step {}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | ETA {}",
                   step, total_steps_, loss, lr, grad_norm, tokens_per_sec, format_duration(eta)));
   last_logged_loss_ = loss;
   last_log_time_ = Clock::now();
-  last_log_tokens_ = tokens_seen_;
-  last_log_step_ = step;
+  last_log_tokens_ = state_.tokens_seen;
+  state_.last_log_step = step;
   interval_loss_.zero_();
 }
 
@@ -282,95 +290,91 @@ std::optional<EvalResult> Trainer::evaluate_and_log(int64_t step) {
 TrainSummary Trainer::train() {
   TrainSummary summary;
   start_time_ = last_log_time_ = last_save_time_ = Clock::now();
-  first_step_ = step_;
-  last_log_tokens_ = tokens_seen_;
-  interval_loss_ = torch::full({}, resumed_interval_loss_,
+  first_step_ = state_.step;
+  last_log_tokens_ = state_.tokens_seen;
+  interval_loss_ = torch::full({}, state_.interval_loss,
                                torch::TensorOptions().dtype(torch::kFloat32).device(device_));
-  if (step_ == 0) summary.first_eval = evaluate_and_log(0);
+  if (state_.step == 0) {
+    ExitOnSignal evaluating;  // still nothing to save
+    summary.first_eval = evaluate_and_log(0);
+  }
   StopSignals signals;
 
   bool stop_early = false;
   std::optional<EvalResult> eval;  // of the latest step, when it had one
-  while (step_ < total_steps_ && !stop_early) {
-    double lr = learning_rate(config_.train, step_);
-    StepResult result = train_step(lr);
+  while (state_.step < total_steps_ && !stop_early) {
+    double lr = learning_rate(config_.train, state_.step);
+    TrainingStep::Result result = train_step(lr);
     interval_loss_ += result.loss;
-    ++step_;
+    ++state_.step;
     check_nonfinite_streak();
-    last_lr_ = lr;
-    const bool last = step_ == total_steps_;
-    if (step_ % config_.logging.every_steps == 0 || last) log_step(step_, result, lr);
+    state_.lr = lr;
+    const bool last = state_.step == total_steps_;
+    if (state_.step % config_.logging.every_steps == 0 || last) log_step(state_.step, result, lr);
 
     eval.reset();
     const int64_t every = config_.eval.every_steps;
-    if (every > 0 && step_ % every == 0 && !last) {
-      eval = evaluate_and_log(step_);
+    if (every > 0 && state_.step % every == 0 && !last) {
+      eval = evaluate_and_log(state_.step);
       stop_early = eval && patience_exhausted(*eval);
-      if (stop_early && step_ % config_.logging.every_steps != 0) log_step(step_, result, lr);
+      if (stop_early && state_.step % config_.logging.every_steps != 0)
+        log_step(state_.step, result, lr);
     }
     if (checkpoint_due(last) || stop_early || signals.received()) save_checkpoint_now(eval);
     if (signals.received())
       throw Interrupted(
           fmt::format("interrupted at step {}: checkpoint saved in {}; continue with "
                       "lmtune train CONFIG --resume",
-                      step_, checkpoint_dir(config_.run.output_dir, step_).string()));
+                      state_.step, checkpoint_dir(config_.run.output_dir, state_.step).string()));
   }
   summary.stopped_early = stop_early;
-  summary.steps = step_;
+  summary.steps = state_.step;
   summary.train_loss = last_logged_loss_;
-  summary.last_eval = stop_early ? eval : evaluate_and_log(step_);
-  if (saved_step_ != step_) save_checkpoint_now(summary.last_eval);
+  summary.last_eval = stop_early ? eval : evaluate_and_log(state_.step);
+  if (saved_step_ != state_.step) save_checkpoint_now(summary.last_eval);
   save_final();
   summary.seconds = elapsed_before_ + seconds_since(start_time_);
   summary.peak_memory_mb = peak_memory_mb(device_);
-  progress_->message(fmt::format("done: {} steps in {}, final model in {}", step_,
+  progress_->message(fmt::format("done: {} steps in {}, final model in {}", state_.step,
                                  format_duration(summary.seconds),
                                  (fs::path(config_.run.output_dir) / "final").string()));
   return summary;
 }
 
 bool Trainer::patience_exhausted(const EvalResult& eval) {
-  if (!best_eval_loss_ || eval.loss < *best_eval_loss_) {
-    best_eval_loss_ = eval.loss;
-    evals_without_improvement_ = 0;
+  if (!state_.best_eval_loss || eval.loss < *state_.best_eval_loss) {
+    state_.best_eval_loss = eval.loss;
+    state_.evals_without_improvement = 0;
     return false;
   }
-  if (config_.eval.patience == 0 || ++evals_without_improvement_ < config_.eval.patience)
+  if (config_.eval.patience == 0 || ++state_.evals_without_improvement < config_.eval.patience)
     return false;
-  progress_->message(fmt::format("early stop at step {}: no improvement in {} evaluations", step_,
-                                 config_.eval.patience));
+  progress_->message(fmt::format("early stop at step {}: no improvement in {} evaluations",
+                                 state_.step, config_.eval.patience));
   return true;
 }
 
 bool Trainer::checkpoint_due(bool last_step) const {
   if (last_step) return false;  // the end of training saves after its final evaluation
   const auto& c = config_.checkpoint;
-  if (c.every_steps > 0 && step_ % c.every_steps == 0) return true;
+  if (c.every_steps > 0 && state_.step % c.every_steps == 0) return true;
   return c.every_minutes > 0 && seconds_since(last_save_time_) >= 60.0 * c.every_minutes;
 }
 
 void Trainer::save_checkpoint_now(const std::optional<EvalResult>& eval) {
-  TrainerState state;
-  state.step = step_;
-  state.data_position = batcher_->position();
-  state.tokens_seen = tokens_seen_;
-  state.lr = last_lr_;
-  state.best_eval_loss = best_eval_loss_;
-  state.evals_without_improvement = evals_without_improvement_;
-  if (eval) state.eval_loss = eval->loss;
-  state.interval_loss = interval_loss_.item<double>();
-  state.last_log_step = last_log_step_;
-  state.elapsed_s = elapsed_before_ + seconds_since(start_time_);
-  state.config = config_to_json(config_);
-  state.config_hash = config_hash(state.config);
+  // The counters are kept in state_ as training goes; these are read off the live objects.
+  state_.data_position = batcher_->position();
+  state_.eval_loss = eval ? std::optional<double>(eval->loss) : std::nullopt;
+  state_.interval_loss = interval_loss_.item<double>();
+  state_.elapsed_s = elapsed_before_ + seconds_since(start_time_);
   if (scaler_) {
     LossScalerState scaler = scaler_->state();
-    state.loss_scaler = {{"scale", scaler.scale}, {"growth_tracker", scaler.growth_tracker}};
+    state_.loss_scaler = {{"scale", scaler.scale}, {"growth_tracker", scaler.growth_tracker}};
   }
-  capture_rng_state(state);
-  fs::path dir = save_checkpoint(config_.run.output_dir, model_, *tokenizer_, *optimizer_, state);
+  capture_rng_state(state_);
+  fs::path dir = save_checkpoint(config_.run.output_dir, model_, *tokenizer_, *optimizer_, state_);
   release_cpu_copies();
-  saved_step_ = step_;
+  saved_step_ = state_.step;
   last_save_time_ = Clock::now();
   apply_retention(config_.run.output_dir, config_.checkpoint.keep_last);
   progress_->message("saved checkpoint " + dir.string());
@@ -381,7 +385,7 @@ void Trainer::save_final() {
   fs::path tmp = final_dir;
   tmp += ".tmp";
   remove_tree(tmp);
-  save_gpt2(model_, tmp, tokenizer_.get());
+  save_hf_model(*model_, tmp, tokenizer_.get());
   // A resumed run that trains past an earlier end replaces that run's final/.
   fs::path previous = final_dir;
   previous += ".previous";

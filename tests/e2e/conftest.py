@@ -1,6 +1,7 @@
 """Shared fixtures of the end-to-end tests: the real `lmtune` binary and a runner for it."""
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,10 @@ import pytest
 LMTUNE = os.environ.get("LMTUNE_BIN", str(Path(__file__).parents[2] / "build" / "lmtune"))
 SOURCE_DIR = Path(os.environ.get("LMTUNE_SOURCE_DIR", Path(__file__).parents[2]))
 SHARED_DIR = Path(os.environ.get("LMTUNE_SHARED_DIR", SOURCE_DIR.parent / "shared"))
+
+# lmtune keeps token caches in a per-machine directory; tests never share the user's, and each
+# test gets its own (machine_cache below) so that what one caches another does not reuse.
+os.environ["LMTUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmtune-test-cache-")
 
 
 def run_lmtune(*args, cwd=None, timeout=600, env=None):
@@ -27,6 +32,13 @@ def signal_when(args, text, sig):
             process.send_signal(sig)
             break
     return process
+
+
+@pytest.fixture(autouse=True)
+def machine_cache(tmp_path, monkeypatch):
+    """The machine cache directory (LMTUNE_CACHE_DIR) of this test's lmtune runs."""
+    monkeypatch.setenv("LMTUNE_CACHE_DIR", str(tmp_path / "machine-cache"))
+    return tmp_path / "machine-cache"
 
 
 @pytest.fixture

@@ -62,3 +62,18 @@ def test_bad_flags_are_usage_errors(lmtune, name, value):
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     assert result.stderr.strip()
+
+
+def test_bench_runs_a_llama_shape(lmtune):
+    result = lmtune("bench", "--arch", "llama", "--n-layer", "2", "--n-head", "4",
+                    "--n-kv-head", "2", "--n-embd", "64", "--vocab", "500", "--batch", "2",
+                    "--seq", "32", "--steps", "2", "--warmup", "1", "--precision", "fp32",
+                    "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["arch"], report["n_kv_head"], report["mlp_width"]) == ("llama", 2, 256)
+    # embed 500x64, untied head 500x64, per layer q 64x64, k and v 64x32, o 64x64, MLP 3 x 64x256,
+    # two norms of 64; the final norm 64.
+    layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 256 + 2 * 64
+    assert report["parameters"] == 2 * 500 * 64 + 2 * layer + 64
+    assert report["final_loss"] > 0 and report["tokens_per_sec"] > 0

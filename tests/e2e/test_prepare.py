@@ -66,7 +66,7 @@ def test_tokens_are_gpt2s_joined_by_end_of_text(lmtune, tmp_path, model_dir):
     assert report["from_cache"] is False and report["files"] == 1
 
 
-def test_report_summary_and_cache_reuse(lmtune, tmp_path, model_dir):
+def test_report_summary_and_cache_reuse(lmtune, tmp_path, model_dir, machine_cache):
     train = tmp_path / "train.txt"
     train.write_text("First paragraph, see https://example.com.\n\n<b>Second</b> one.\n\n"
                      "First paragraph, see https://example.com.\n\nx\n")
@@ -78,7 +78,7 @@ def test_report_summary_and_cache_reuse(lmtune, tmp_path, model_dir):
     assert report["urls_stripped"] == 2 and report["html_tags_stripped"] == 2
     assert report["dropped_duplicates"] == 1 and report["dropped_short"] == 1
     assert report["train_documents"] == 2 and report["mb_per_sec"] > 0
-    assert report["cache_dir"].startswith(str(tmp_path / "run" / "cache"))
+    assert report["cache_dir"].startswith(str(machine_cache / "tokens"))
     assert "MB/s" in result.stderr and "lmtune info: " in result.stderr
 
     again = report_of(lmtune("prepare", config))
@@ -120,7 +120,7 @@ def test_bad_json_line_is_exit_3_naming_file_and_line(lmtune, tmp_path, model_di
     assert skipped["bad_lines_skipped"] == 1 and skipped["train_documents"] == 1
 
 
-def test_missing_and_empty_data_are_exit_3(lmtune, tmp_path, model_dir):
+def test_missing_and_empty_data_are_exit_3(lmtune, tmp_path, model_dir, machine_cache):
     missing = tmp_path / "missing.txt"
     result = lmtune("prepare", write_config(tmp_path, model_dir, missing))
     assert result.returncode == 3
@@ -132,4 +132,4 @@ def test_missing_and_empty_data_are_exit_3(lmtune, tmp_path, model_dir):
     assert result.returncode == 3
     assert (f"{short}: all 2 documents were dropped: 2 shorter than data.min_chars=5"
             in result.stderr)
-    assert not list((tmp_path / "run" / "cache").iterdir())  # no cache, complete or not
+    assert not list((machine_cache / "tokens").iterdir())  # no cache, complete or not

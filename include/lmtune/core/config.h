@@ -120,7 +120,7 @@ struct DataConfig {
   std::string train;            // training data: a .txt or .jsonl file, or a directory of them
   std::string validation;       // validation data; empty = split off validation_split of train
   double validation_split = 0;  // fraction of the training documents held out for validation
-  int64_t seq_len = 256;        // tokens per training window
+  int64_t seq_len = 0;          // tokens per training window; 0 = the model's context, capped
   Packing packing = Packing::kPack;
   TxtDocuments txt_documents = TxtDocuments::kBlankLines;
   std::string text_field = "text";      // .jsonl field of a plain document
@@ -133,7 +133,7 @@ struct DataConfig {
   int64_t min_chars = 0;        // documents shorter than this (after cleaning) are dropped
   bool dedupe = true;           // drop exact duplicate documents
   bool skip_bad_lines = false;  // skip invalid .jsonl lines (counted) instead of failing
-  std::string cache_dir;        // token cache; empty = <run.output_dir>/cache
+  std::string cache_dir;        // token cache; empty = the machine's cache (see default_cache_root)
 
   template <class V>
   void visit(V& v) {
@@ -149,8 +149,10 @@ struct DataConfig {
       Field("validation_split", "Fraction of the training documents held out for validation.")
           .min(0)
           .max(0.5));
-    v(seq_len,
-      Field("seq_len", "Tokens per training sequence; at most the model's n_positions.").min(2));
+    v(seq_len, Field("seq_len",
+                     "Tokens per training sequence; at most the model's context (n_positions). 0 "
+                     "means the model's context, at most 1024.")
+                   .min(0));
     v(packing, Field("packing",
                      "pack joins documents with end-of-text into full windows; pad gives each "
                      "document its own windows, padded (padding carries no loss)."));
@@ -177,8 +179,10 @@ struct DataConfig {
                             "Skip (and count) invalid .jsonl lines and lines missing their "
                             "field, instead of stopping with an error."));
     v(cache_dir, Field("cache_dir",
-                       "Token cache directory; empty means <run.output_dir>/cache. Reused "
-                       "while the data files, tokenizer and these options are unchanged.")
+                       "Token cache directory; empty means the machine's cache, shared by every "
+                       "run: $LMTUNE_CACHE_DIR/tokens, else $XDG_CACHE_HOME/lmtune/tokens, else "
+                       "~/.cache/lmtune/tokens. A cache is reused while the data files, tokenizer "
+                       "and these options are unchanged.")
                      .path());
   }
 };
@@ -243,12 +247,18 @@ struct TrainConfig {
     v(chunked_loss, Field("chunked_loss",
                           "auto, on or off: compute the vocabulary projection, the loss and its "
                           "gradients in chunks of loss_chunk_tokens tokens, so the full logits "
-                          "never exist."));
+                          "never exist. auto chunks when a micro-batch's fp32 logits "
+                          "(micro_batch_size x seq_len x V x 4 bytes) exceed 64 MiB on a CPU, or "
+                          "an eighth of the GPU's memory on a GPU (docs/memory.md)."));
     v(loss_chunk_tokens,
       Field("loss_chunk_tokens", "Tokens per chunk of the chunked loss.").min(1));
-    v(freeze_embeddings,
-      Field("freeze_embeddings", "Freeze the token and position embeddings (wte, wpe)."));
-    v(freeze_layers, Field("freeze_layers", "Freeze the first N transformer blocks.").min(0));
+    v(freeze_embeddings, Field("freeze_embeddings",
+                               "Freeze the token and position embeddings (wte, wpe); a tied "
+                               "lm_head is frozen with them."));
+    v(freeze_layers, Field("freeze_layers",
+                           "Freeze the first N transformer blocks; more than the model's layers "
+                           "is an error.")
+                         .min(0));
     v(loss_scale_init, Field("loss_scale_init", "fp16: initial dynamic loss scale.").above(0));
     v(loss_scale_growth_interval,
       Field("loss_scale_growth_interval",
@@ -342,16 +352,25 @@ struct Config {
   }
 };
 
+// data.seq_len: 0 becomes the model's context, but never more than this many tokens, so that the
+// default fits in memory for models with long contexts (8 sequences x 1024 tokens per micro-batch).
+inline constexpr int64_t kMaxDefaultSeqLen = 1024;
+
 // One key of the schema, for documentation and for typing --set values.
 struct KeyInfo {
   std::string path;  // dotted, e.g. "train.lr"
   std::string type;  // integer, number, boolean, string, path, or "a|b|c" for an enum
   nlohmann::json default_value;
   std::string help;
+  std::string range;  // the allowed values of a bounded number ("[0, 0.5]", "> 0"); empty if none
 };
 
 // Every key of the schema in declaration order.
 std::vector<KeyInfo> config_keys();
+
+// The key reference of docs/config.md: per section a Markdown table of key, type, default, range
+// and meaning (`lmtune config --keys` prints it; a test keeps the docs equal to it).
+std::string config_keys_markdown();
 
 // One `--set key.path=value` override.
 struct Override {

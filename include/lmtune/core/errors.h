@@ -7,7 +7,7 @@
 
 namespace lmtune {
 
-// Exit codes of the command-line contract (DESIGN.md).
+// Exit codes of the command line (README.md, "Exit codes"); scripts rely on them.
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitRuntime = 1;
 inline constexpr int kExitUsage = 2;

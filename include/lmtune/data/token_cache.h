@@ -11,10 +11,9 @@
 #include <nlohmann/json.hpp>
 
 #include "lmtune/core/config.h"
+#include "lmtune/io/tokenizer.h"
 
 namespace lmtune {
-
-class Tokenizer;
 
 // Bumped whenever the layout or the meaning of the files changes, so old caches are not reused.
 inline constexpr int kCacheFormat = 1;
@@ -42,14 +41,17 @@ std::filesystem::path mask_file(const std::filesystem::path& dir, const std::str
 // is read after an end-of-text; padding is end-of-text that carries no loss.
 class SplitWriter {
  public:
-  // With pad_documents, every document starts a new window (data.packing: pad).
+  // With pad_documents, every document starts a new window (data.packing: pad). `framing` is what
+  // the tokenizer puts around a text (a BOS for Llama 3): every document gets it.
   SplitWriter(const std::filesystem::path& dir, const std::string& split, int64_t seq_len,
-              bool pad_documents, int64_t eos_id);
+              bool pad_documents, int64_t eos_id, TokenFraming framing = {});
   ~SplitWriter();
   SplitWriter(const SplitWriter&) = delete;
   SplitWriter& operator=(const SplitWriter&) = delete;
 
-  // Appends a document: prompt tokens (carrying loss when prompt_loss), text tokens, end-of-text.
+  // Appends a document: the framing's prefix (no loss: it is given, not predicted), prompt tokens
+  // (carrying loss when prompt_loss), text tokens, the framing's suffix, and end-of-text unless
+  // the suffix already ends with it.
   void add(const std::vector<int64_t>& prompt, const std::vector<int64_t>& text, bool prompt_loss);
   // Pads the last window and writes everything to disk (fsynced).
   void finish();
@@ -68,6 +70,7 @@ class SplitWriter {
   int64_t seq_len_;
   bool pad_documents_;
   int64_t eos_id_;
+  TokenFraming framing_;
   int64_t length_ = 0;  // tokens in the stream, padding included
   int64_t tokens_ = 0;
 };

@@ -1,12 +1,13 @@
-// Text generation from a GPT-2 model: greedy or sampled (temperature, top-k, top-p), with a KV
+// Text generation from a causal LM: greedy or sampled (temperature, top-k, top-p), with a KV
 // cache.
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <optional>
 #include <vector>
 
-#include "lmtune/model/gpt2.h"
+#include "lmtune/model/causal_lm.h"
 
 namespace lmtune {
 
@@ -16,13 +17,20 @@ struct GenerateOptions {
   int64_t top_k = 0;         // 0 = no top-k filter
   double top_p = 1.0;        // 1 = no nucleus filter
   uint64_t seed = 1234;
-  std::optional<int64_t> stop_id;  // end-of-text: generation stops after producing it
-  bool use_cache = true;           // false recomputes the whole sequence each step (for testing)
+  std::vector<int64_t> stop_ids;  // end-of-sequence ids: generation stops after producing one
+  bool use_cache = true;          // false recomputes the whole sequence each step (for testing)
 };
 
-// The new token ids following `prompt` (not including it). Stops at stop_id, after
+// The new token ids following `prompt` (not including it). Stops at a stop id, after
 // max_new_tokens, or when the model's context is full.
-std::vector<int64_t> generate(GPT2& model, const std::vector<int64_t>& prompt,
+// The ids that end a sequence for the model in `model_dir`: its config.json's eos_token_id(s),
+// those generation_config.json lists (it may list several, as Llama 3's does), and the tokenizer's
+// end-of-text.
+std::vector<int64_t> end_of_sequence_ids(const std::filesystem::path& model_dir,
+                                         const ModelSpec& spec,
+                                         std::optional<int64_t> tokenizer_eos);
+
+std::vector<int64_t> generate(const CausalLM& model, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options);
 
 }  // namespace lmtune

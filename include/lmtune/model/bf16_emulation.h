@@ -9,8 +9,9 @@
 
 namespace lmtune {
 
-// Whether this CPU has bf16 matmul hardware support LibTorch uses (oneDNN needs AVX-512 BW/VL/DQ
-// on x86); without it LibTorch falls back to scalar bf16 loops.
+// Whether LibTorch's bf16 matmuls are fast on this CPU: on x86, oneDNN's need AVX-512 BW, VL and
+// DQ (not the AVX-512 BF16 instructions); without them LibTorch falls back to scalar bf16 loops.
+// Other architectures are taken to be fast. Checked once per process; nothing overrides it.
 bool cpu_has_native_bf16();
 
 // Whether ops on `t` run under CPU bf16 autocast on a CPU without native bf16.

@@ -1,5 +1,5 @@
-// GPT-2: its Hugging Face config, the LibTorch module (parameter names are HF's), and HF-layout
-// import/export, which is therefore a name map plus the Conv1D transposes.
+// GPT-2: its Hugging Face config and the LibTorch module (parameter names are HF's). The HF-file
+// conversions (Conv1D transposes, the "transformer." prefix) are in gpt2_hf.cpp.
 //
 // Dimensions: B batch, T time (tokens), C channels (n_embd), H heads, D head size (C / H),
 // V vocabulary, L layers, P positions.
@@ -12,6 +12,9 @@
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
+
+#include "lmtune/model/causal_lm.h"
+#include "lmtune/model/projection.h"
 
 namespace lmtune {
 
@@ -43,22 +46,15 @@ struct GPT2Config {
   nlohmann::json to_hf_json() const;
 };
 
-// Keys and values of past tokens per layer, for generation one token at a time.
-struct KVCache {
-  std::vector<torch::Tensor> keys;    // per layer (B, H, T_past, D)
-  std::vector<torch::Tensor> values;  // per layer (B, H, T_past, D)
-  int64_t length() const { return keys.empty() ? 0 : keys[0].size(2); }
-};
-
 class CausalSelfAttentionImpl : public torch::nn::Module {
  public:
   explicit CausalSelfAttentionImpl(const GPT2Config& config);
-  // x (B, T, C) -> (B, T, C). With `past`, attends to it and appends this step's keys/values.
-  torch::Tensor forward(const torch::Tensor& x, torch::Tensor* past_k = nullptr,
-                        torch::Tensor* past_v = nullptr);
+  // x (B, T, C) -> (B, T, C). With a cache slot, attends to it and appends this step's keys and
+  // values.
+  torch::Tensor forward(const torch::Tensor& x, LayerCache cache = {});
 
-  torch::nn::Linear c_attn{nullptr};  // C -> 3C (q, k, v)
-  torch::nn::Linear c_proj{nullptr};  // C -> C
+  Projection c_attn{nullptr};  // C -> 3C (q, k, v)
+  Projection c_proj{nullptr};  // C -> C
 
  private:
   int64_t n_head_;
@@ -72,8 +68,8 @@ class MLPImpl : public torch::nn::Module {
   explicit MLPImpl(const GPT2Config& config);
   torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
 
-  torch::nn::Linear c_fc{nullptr};    // C -> 4C
-  torch::nn::Linear c_proj{nullptr};  // 4C -> C
+  Projection c_fc{nullptr};    // C -> 4C
+  Projection c_proj{nullptr};  // 4C -> C
 
  private:
   Activation activation_;
@@ -84,8 +80,7 @@ TORCH_MODULE(MLP);
 class BlockImpl : public torch::nn::Module {
  public:
   explicit BlockImpl(const GPT2Config& config);
-  torch::Tensor forward(const torch::Tensor& x, torch::Tensor* past_k = nullptr,
-                        torch::Tensor* past_v = nullptr);
+  torch::Tensor forward(const torch::Tensor& x, LayerCache cache = {});
 
   torch::nn::LayerNorm ln_1{nullptr};
   CausalSelfAttention attn{nullptr};
@@ -95,26 +90,27 @@ class BlockImpl : public torch::nn::Module {
 TORCH_MODULE(Block);
 
 // GPT2LMHeadModel. Parameter names are HF's without the "transformer." prefix: wte.weight,
-// h.0.attn.c_attn.weight, ... Linear weights are stored (out, in); HF's Conv1D stores (in, out).
-class GPT2Impl : public torch::nn::Module {
+// h.0.attn.c_attn.weight, ... Projection weights are stored (out, in); HF's Conv1D stores (in, out)
+// (gpt2_hf.cpp converts).
+class GPT2Impl : public CausalLMImpl {
  public:
   explicit GPT2Impl(const GPT2Config& config);
+  // The spec a model of this config has, without building it.
+  static ModelSpec spec_of(const GPT2Config& config);
 
-  // idx (B, T) token ids -> logits (B, T, V). With a cache, positions continue after it and it
-  // grows by T.
-  torch::Tensor forward(const torch::Tensor& idx, KVCache* cache = nullptr);
-  // The final hidden states (B, T, C), before the vocabulary projection.
-  torch::Tensor hidden_states(const torch::Tensor& idx, KVCache* cache = nullptr);
-  // The vocabulary projection: wte for tied embeddings, lm_head otherwise. (V, C)
-  torch::Tensor output_weight() const;
-
+  torch::Tensor output_weight() const override;  // wte for tied embeddings, lm_head otherwise
+  const ModelSpec& spec() const override { return spec_; }
+  std::vector<torch::Tensor> embedding_parameters() override;
+  std::string embedding_names() const override;
+  std::shared_ptr<torch::nn::Module> block(int64_t index) override { return h[index]; }
+  const char* blocks_name() const override { return "h"; }
   // GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2L).
-  void init_weights(uint64_t seed);
-
-  // Activation checkpointing of every `every`-th block (blocks 0, every, 2 * every, ...); 0 turns
-  // it off. Applies only in training mode with grad enabled and no KV cache.
-  void set_gradient_checkpointing(int64_t every) { checkpoint_every_ = every; }
-  int64_t gradient_checkpointing() const { return checkpoint_every_; }
+  void init_weights(uint64_t seed) override;
+  nlohmann::json hf_config() const override { return config_.to_hf_json(); }
+  NamedTensors hf_tensors() const override;
+  std::vector<std::string> hf_names(const std::string& parameter) const override;
+  torch::Tensor from_hf_layout(const std::string& parameter, torch::Tensor value) const override;
+  bool ignorable_hf_tensor(const std::string& name) const override;
 
   const GPT2Config& config() const { return config_; }
 
@@ -122,24 +118,24 @@ class GPT2Impl : public torch::nn::Module {
   torch::nn::Embedding wpe{nullptr};  // (P, C)
   torch::nn::ModuleList h{nullptr};   // L blocks
   torch::nn::LayerNorm ln_f{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // C -> V, only when embeddings are not tied
+  Projection lm_head{nullptr};  // C -> V, only when embeddings are not tied
+
+ protected:
+  torch::Tensor embed(const torch::Tensor& idx, int64_t past) override;
+  torch::Tensor run_block(int64_t index, const torch::Tensor& x, int64_t past,
+                          LayerCache cache) override;
+  torch::Tensor final_norm(const torch::Tensor& x) override { return ln_f(x); }
 
  private:
   GPT2Config config_;
+  ModelSpec spec_;
   torch::nn::Dropout drop_{nullptr};
-  int64_t checkpoint_every_ = 0;
 };
 TORCH_MODULE(GPT2);
 
-// Mean cross-entropy of logits (B, T, V) against targets (B, T); targets of -100 are ignored.
-torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets);
-
-// Loads an HF model directory (config.json + model.safetensors) into fp32 parameters on `device`.
-// Bad files are InputError naming the file and tensor (exit 3).
+// Loads an HF GPT-2 directory (config.json + model.safetensors or shards) into fp32 parameters
+// on `device`. Bad files are InputError naming the file and tensor (exit 3).
 GPT2 load_gpt2(const std::filesystem::path& dir, torch::Device device = torch::kCPU);
-// Copies the weights of an HF model.safetensors into `model` (on any device), checking names and
-// shapes like load_gpt2.
-void load_gpt2_weights(GPT2& model, const std::filesystem::path& safetensors_file);
 // Reads only the model's config.json.
 GPT2Config load_gpt2_config(const std::filesystem::path& dir);
 

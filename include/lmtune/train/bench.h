@@ -3,21 +3,25 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
 #include "lmtune/core/config.h"
-#include "lmtune/model/gpt2.h"
+#include "lmtune/model/causal_lm.h"
 
 namespace lmtune {
 
-// The shape and settings of `lmtune bench`; the defaults are those of the reference
-// (../shared/bench/reference_gpt2.py bench).
+// The shape and settings of `lmtune bench`; the defaults are those of the plain-PyTorch reference
+// that scripts/bench-vs-reference.sh times against it (docs/benchmarks.md).
 struct BenchOptions {
+  std::string arch = "gpt2";  // gpt2, or llama (RMSNorm, SwiGLU, rotary, grouped-query attention)
   int64_t n_layer = 6;
   int64_t n_head = 6;
   int64_t n_embd = 384;
+  int64_t n_kv_head = 0;  // llama: key/value heads; 0 = n_head
+  int64_t mlp_width = 0;  // MLP inner width; 0 = 4 x n_embd
   int64_t vocab = 50257;
   int64_t batch = 8;  // sequences per step
   int64_t seq = 256;  // tokens per sequence (also n_positions)
@@ -25,7 +29,7 @@ struct BenchOptions {
   int64_t steps = 10;   // timed steps
   int64_t warmup = 3;   // untimed steps before them
   int64_t threads = 0;  // LibTorch intra-op threads; 0 = every core
-  Device device = Device::kCpu;
+  Device device = Device::kAuto;
   ChunkedLoss chunked_loss = ChunkedLoss::kAuto;                // as train.chunked_loss
   int64_t loss_chunk_tokens = TrainConfig{}.loss_chunk_tokens;  // as train.loss_chunk_tokens
 };
@@ -48,11 +52,12 @@ struct BenchResult {
   int64_t loss_chunk_tokens = 0;   // 0 = plain loss, as the trainer resolves it by default
 };
 
-// Training FLOPs per token of `config` at `seq` tokens per sequence, as nanoGPT and PaLM count
-// them: 6N for the N parameters other than wpe (2 forward + 4 backward per weight; wte counts
-// through the tied output projection), plus attention's QK^T and AV over the full T x T square:
-// 2 matmuls x 2 FLOPs x T x C per token and layer forward, x3 with backward = 12 L C T.
-double training_flops_per_token(const GPT2Config& config, int64_t seq);
+// Training FLOPs per token of `model` at `seq` tokens per sequence, as nanoGPT and PaLM count
+// them: 6N for the N parameters other than position embeddings (2 forward + 4 backward per
+// weight; a tied embedding counts once, through the output projection), plus attention's QK^T and
+// AV over the full T x T square: 2 matmuls x 2 FLOPs x T x (H x D) per token and layer forward,
+// x3 with backward = 12 L H D T.
+double training_flops_per_token(const CausalLMImpl& model, int64_t seq);
 
 // Measured TFLOP/s of an n x n x n matmul in `precision` on `device`, as the model runs it
 // (autocast included); best of repeats over about `seconds`.

@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lmtune/data/dataset.h"
-#include "lmtune/model/gpt2.h"
+#include "lmtune/model/causal_lm.h"
 #include "lmtune/train/optim.h"
 
 namespace lmtune {
@@ -40,6 +40,28 @@ struct TrainerState {
   nlohmann::json config;  // the resolved config
   std::string config_hash;
 
+  // Every field once, with its place in trainer_state.json (a JSON pointer): to_json and from_json
+  // both walk this list, so a new field is one line here.
+  template <class V>
+  void visit(V& v) {
+    v(step, "/step");
+    v(data_position.epoch, "/data_position/epoch");
+    v(data_position.index, "/data_position/index");
+    v(tokens_seen, "/tokens_seen");
+    v(lr, "/lr_schedule/lr");
+    v(loss_scaler, "/loss_scaler");
+    v(cpu_rng_state, "/rng/cpu");
+    v(cuda_rng_states, "/rng/cuda");
+    v(best_eval_loss, "/best_eval_loss");
+    v(evals_without_improvement, "/evals_without_improvement");
+    v(eval_loss, "/eval_loss");
+    v(interval_loss, "/logging/interval_loss");
+    v(last_log_step, "/logging/last_log_step");
+    v(elapsed_s, "/elapsed_s");
+    v(config, "/config");
+    v(config_hash, "/config_hash");
+  }
+
   nlohmann::json to_json() const;
   static TrainerState from_json(const nlohmann::json& json, const std::string& file);
 };
@@ -57,7 +79,7 @@ std::filesystem::path checkpoint_dir(const std::filesystem::path& run_dir, int64
 // Writes checkpoints/step-XXXXXXXX in a temporary directory (every file fsynced, COMPLETE with a
 // checksum of each file written last), then renames it into place. A failure (a full disk)
 // throws Error and leaves every earlier checkpoint untouched.
-std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, const GPT2& model,
+std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, const CausalLM& model,
                                       const Tokenizer& tokenizer, const AdamW& optimizer,
                                       const TrainerState& state);
 
@@ -69,8 +91,13 @@ TrainerState read_checkpoint(const std::filesystem::path& dir);
 // valid one. Invalid ones are skipped with a warning saying why; none is InputError (exit 3).
 std::filesystem::path find_resume_checkpoint(const std::filesystem::path& run_or_checkpoint);
 
+// The step of the newest checkpoint of `run_dir` that carries its completeness marker (its files
+// are not verified), or nullopt when there is none.
+std::optional<int64_t> newest_complete_step(const std::filesystem::path& run_dir);
+
 // Copies the checkpoint's weights into `model` and moments into `optimizer` (any device).
-void load_checkpoint_weights(const std::filesystem::path& dir, GPT2& model, AdamW& optimizer);
+void load_checkpoint_weights(const std::filesystem::path& dir, const CausalLM& model,
+                             AdamW& optimizer);
 
 // The config keys whose saved and new values differ and that change the maths of training (the
 // run cannot resume with them), and those that may change (returned separately for logging).

@@ -7,7 +7,7 @@
 
 #include "lmtune/core/config.h"
 #include "lmtune/data/dataset.h"
-#include "lmtune/model/gpt2.h"
+#include "lmtune/model/causal_lm.h"
 
 namespace lmtune {
 
@@ -15,7 +15,7 @@ namespace lmtune {
 // Runs the forward pass under autocast for `precision`. With loss_chunk_tokens > 0 the vocabulary
 // projection and the loss run in chunks of that many tokens (chunked_lm_loss_sum), so the full
 // logits never exist.
-torch::Tensor summed_token_loss(GPT2& model, const Batch& batch, Precision precision,
+torch::Tensor summed_token_loss(const CausalLM& model, const Batch& batch, Precision precision,
                                 torch::Device device, int64_t loss_chunk_tokens = 0);
 
 // Above this many bytes of fp32 logits per micro-batch (B x T x V x 4), chunked_loss: auto
@@ -42,7 +42,8 @@ struct EvalResult {
 };
 
 // Evaluates `split` in order, `batch_size` windows at a time, at most `max_batches` (0 = all).
-EvalResult evaluate(GPT2& model, const TokenSplit& split, int64_t batch_size, int64_t max_batches,
-                    Precision precision, torch::Device device, int64_t loss_chunk_tokens = 0);
+EvalResult evaluate(const CausalLM& model, const TokenSplit& split, int64_t batch_size,
+                    int64_t max_batches, Precision precision, torch::Device device,
+                    int64_t loss_chunk_tokens = 0);
 
 }  // namespace lmtune

@@ -5,13 +5,13 @@
 #include <string>
 
 #include "lmtune/core/config.h"
-#include "lmtune/model/gpt2.h"
+#include "lmtune/model/causal_lm.h"
 
 namespace lmtune {
 
-// Sets requires_grad false on wte and wpe (freeze_embeddings) and on blocks 0..freeze_layers-1.
-// Returns a line saying what was frozen, empty when nothing was. ConfigError naming
-// train.freeze_layers when it exceeds the model's layers.
-std::string freeze_parameters(GPT2& model, const TrainConfig& train);
+// Sets requires_grad false on the embeddings (freeze_embeddings: wte and wpe for GPT-2) and on
+// blocks 0..freeze_layers-1. Returns a line saying what was frozen, empty when nothing was.
+// ConfigError naming train.freeze_layers when it exceeds the model's layers.
+std::string freeze_parameters(const CausalLM& model, const TrainConfig& train);
 
 }  // namespace lmtune

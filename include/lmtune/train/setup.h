@@ -9,7 +9,7 @@
 
 #include "lmtune/core/config.h"
 #include "lmtune/io/tokenizer.h"
-#include "lmtune/model/gpt2.h"
+#include "lmtune/model/causal_lm.h"
 
 namespace lmtune {
 
@@ -19,12 +19,12 @@ torch::Device resolve_device(Device device, std::string_view source = "run.devic
 // The tokenizer directory: model.tokenizer, else model.path.
 std::filesystem::path tokenizer_dir(const Config& config);
 
-// The token cache root: data.cache_dir, else <run.output_dir>/cache.
+// The token cache root: data.cache_dir, else the machine's cache (machine_cache_dir()/tokens).
 std::filesystem::path cache_root(const Config& config);
 
 // The model a config names, in fp32 on `device`: loaded from model.path, or freshly initialised
 // from the shape keys and run.seed with model.init: random. Checks it fits the tokenizer and
 // data.seq_len.
-GPT2 build_model(const Config& config, const Tokenizer& tokenizer, torch::Device device);
+CausalLM build_model(const Config& config, const Tokenizer& tokenizer, torch::Device device);
 
 }  // namespace lmtune

@@ -10,12 +10,13 @@
 #include "lmtune/core/config.h"
 #include "lmtune/data/dataset.h"
 #include "lmtune/io/tokenizer.h"
-#include "lmtune/model/gpt2.h"
+#include "lmtune/model/causal_lm.h"
 #include "lmtune/train/checkpoint.h"
 #include "lmtune/train/evaluate.h"
 #include "lmtune/train/loss_scaler.h"
 #include "lmtune/train/metrics.h"
 #include "lmtune/train/optim.h"
+#include "lmtune/train/training_step.h"
 
 namespace lmtune {
 
@@ -47,14 +48,9 @@ class Trainer {
   LossScaler* loss_scaler() { return scaler_.get(); }
 
  private:
-  struct StepResult {
-    torch::Tensor loss;       // mean loss per target token of the step (device scalar)
-    torch::Tensor grad_norm;  // before clipping (device scalar)
-  };
-
   void prepare_run_directory();
   void resume();
-  StepResult train_step(double lr);
+  TrainingStep::Result train_step(double lr);
   void setup_memory_levers();
   void check_nonfinite_streak() const;
   bool checkpoint_due(bool last_step) const;
@@ -63,30 +59,28 @@ class Trainer {
   // Records an evaluation for early stopping; true when training should stop.
   bool patience_exhausted(const EvalResult& eval);
   std::optional<EvalResult> evaluate_and_log(int64_t step);
-  void log_step(int64_t step, const StepResult& result, double lr);
+  void log_step(int64_t step, const TrainingStep::Result& result, double lr);
   void save_final();
 
   Config config_;
   std::optional<std::filesystem::path> resume_from_;
   torch::Device device_{torch::kCPU};
   std::unique_ptr<Tokenizer> tokenizer_;
-  GPT2 model_{nullptr};
+  CausalLM model_;
   std::optional<PreparedData> data_;
   std::unique_ptr<Batcher> batcher_;
   std::unique_ptr<AdamW> optimizer_;
-  std::vector<torch::Tensor> params_;
+  std::unique_ptr<TrainingStep> training_step_;
   std::unique_ptr<LossScaler> scaler_;  // fp16 only
   std::unique_ptr<NonFiniteStreak> nonfinite_;
   int64_t loss_chunk_tokens_ = 0;  // 0 = the plain loss
   std::unique_ptr<MetricsFile> metrics_;
   std::unique_ptr<Progress> progress_;
   int64_t total_steps_ = 0;
-  int64_t step_ = 0;        // optimizer steps done
-  int64_t first_step_ = 0;  // step_ when this session's training began
-  int64_t tokens_seen_ = 0;
-  double last_lr_ = 0;
-  std::optional<double> best_eval_loss_;
-  int64_t evals_without_improvement_ = 0;
+  // The run's progress as a checkpoint saves it (step, data position, counters, ...), kept up to
+  // date as training goes and restored whole on resume.
+  TrainerState state_;
+  int64_t first_step_ = 0;     // state_.step when this session's training began
   int64_t saved_step_ = -1;    // step of the newest checkpoint written or resumed from
   int64_t rerun_until_ = 0;    // steps up to this one were logged before a crash: marked rerun
   double elapsed_before_ = 0;  // training seconds of earlier sessions of a resumed run
@@ -95,9 +89,7 @@ class Trainer {
   // For tokens/s and ETA between two logged steps.
   std::chrono::steady_clock::time_point start_time_, last_log_time_;
   int64_t last_log_tokens_ = 0;
-  int64_t last_log_step_ = 0;
   torch::Tensor interval_loss_;  // sum of step losses since the last log (device scalar)
-  double resumed_interval_loss_ = 0;
   double last_logged_loss_ = 0;
 };
 

@@ -1,0 +1,44 @@
+#include "lmtune/model/causal_lm.h"
+
+#include "lmtune/model/activation_checkpoint.h"
+#include "lmtune/model/bf16_emulation.h"
+
+namespace lmtune {
+
+torch::Tensor CausalLMImpl::hidden_states(const torch::Tensor& idx, KVCache* cache) {
+  const ModelSpec& s = spec();
+  const int64_t T = idx.size(1);
+  const int64_t past = cache ? cache->length() : 0;
+  TORCH_CHECK(past + T <= s.context, "sequence of ", past + T,
+              " tokens exceeds the model's context (", s.context, ")");
+  if (cache && cache->keys.empty()) {
+    cache->keys.resize(s.n_layer);
+    cache->values.resize(s.n_layer);
+  }
+  auto x = embed(idx, past);  // (B, T, C)
+  const bool checkpointing =
+      checkpoint_every_ > 0 && is_training() && !cache && torch::GradMode::is_enabled();
+  for (int64_t i = 0; i < s.n_layer; ++i) {
+    if (checkpointing && i % checkpoint_every_ == 0) {
+      x = checkpoint_activation(
+          [this, i](const torch::Tensor& in) { return run_block(i, in, /*past=*/0, {}); }, x,
+          block(i)->parameters());
+    } else {
+      x = run_block(i, x, past,
+                    cache ? LayerCache{&cache->keys[i], &cache->values[i]} : LayerCache{});
+    }
+  }
+  return final_norm(x);
+}
+
+torch::Tensor CausalLMImpl::forward(const torch::Tensor& idx, KVCache* cache) {
+  return autocast_linear(hidden_states(idx, cache), output_weight());  // (B, T, V)
+}
+
+torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets) {
+  return torch::nn::functional::cross_entropy(
+      logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32), targets.reshape({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
+}
+
+}  // namespace lmtune

@@ -1,0 +1,40 @@
+#include "lmtune/train/training_step.h"
+
+#include "lmtune/train/evaluate.h"
+
+namespace lmtune {
+
+TrainingStep::TrainingStep(CausalLM model, AdamW& optimizer, StepSettings settings,
+                           LossScaler* scaler)
+    : model_(std::move(model)), optimizer_(optimizer), settings_(settings), scaler_(scaler) {
+  for (const auto& group : optimizer_.groups())
+    params_.insert(params_.end(), group.params.begin(), group.params.end());
+}
+
+TrainingStep::Result TrainingStep::run(const std::vector<Batch>& micro_batches, double lr) {
+  // Loss is averaged over the target tokens of all micro-batches of the step, so accumulating
+  // 4 x 2 sequences gives the same gradient as one batch of 8.
+  int64_t targets = 0;
+  for (const auto& batch : micro_batches) targets += batch.target_tokens;
+  const auto& s = settings_;
+  auto step_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(s.device));
+  for (const auto& batch : micro_batches) {
+    auto loss = summed_token_loss(model_, batch, s.precision, s.device, s.loss_chunk_tokens) /
+                static_cast<double>(std::max<int64_t>(targets, 1));
+    (scaler_ ? scaler_->scale(loss) : loss).backward();
+    step_loss += loss.detach();
+  }
+  // A step whose gradients or loss are inf/NaN is skipped on the device (found_inf = 1); clipping
+  // sees unscaled gradients.
+  auto found_inf = torch::zeros({}, step_loss.options());
+  if (scaler_) scaler_->unscale(params_, found_inf);
+  auto grad_norm = clip_grad_norm(params_, s.max_grad_norm);
+  auto loss_nonfinite = not_finite(step_loss);
+  found_inf = torch::maximum(found_inf, torch::maximum(loss_nonfinite, not_finite(grad_norm)));
+  optimizer_.step(lr, found_inf);
+  optimizer_.zero_grad();
+  if (scaler_) scaler_->update(found_inf);
+  return {step_loss, grad_norm, loss_nonfinite};
+}
+
+}  // namespace lmtune
