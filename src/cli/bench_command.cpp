@@ -45,8 +45,9 @@ void add_shape_options(CLI::App& command, BenchOptions& o) {
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
-  auto* command = app.add_subcommand(
-      "bench", "Time synthetic training steps of a random GPT-2; prints one JSON line");
+  auto* command = app.add_subcommand("bench",
+                                     "Time synthetic training steps of a random GPT-2 or "
+                                     "Llama-family model; prints one JSON line");
   auto args = std::make_shared<BenchArgs>();
   add_shape_options(*command, args->options);
   set_help_footer(*command,

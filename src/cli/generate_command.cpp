@@ -47,8 +47,12 @@ std::vector<std::string> read_prompts(const std::string& path) {
 std::string continue_prompt(const CausalLM& model, const Tokenizer& tokenizer,
                             const std::string& text, const GenerateOptions& options,
                             int64_t& produced_tokens) {
-  auto prompt = tokenizer.encode(text);
-  if (prompt.empty()) throw UsageError("--prompt: the prompt is empty");
+  if (text.empty()) throw UsageError("--prompt: the prompt is empty");
+  // Framed as the model saw text in training and as transformers' tokenizer(prompt) gives it: a
+  // BOS first for Llama 3 and Llama 2.
+  std::vector<int64_t> prompt = tokenizer.framing().prefix;
+  const std::vector<int64_t> ids = tokenizer.encode(text);
+  prompt.insert(prompt.end(), ids.begin(), ids.end());
   if (static_cast<int64_t>(prompt.size()) >= model->spec().context)
     throw UsageError("--prompt: " + std::to_string(prompt.size()) +
                      " tokens leave no room in the model's context of " +

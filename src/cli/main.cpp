@@ -23,9 +23,8 @@ void log_error(const std::string& message) {
 
 // "lmtune train --help" for the subcommand being parsed, else "lmtune --help".
 std::string usage_hint(CLI::App& app) {
-  for (const CLI::App* command : app.get_subcommands())
-    return "lmtune " + command->get_name() + " --help";
-  return "lmtune --help";
+  const auto parsed = app.get_subcommands();
+  return parsed.empty() ? "lmtune --help" : "lmtune " + parsed.front()->get_name() + " --help";
 }
 
 }  // namespace
@@ -34,7 +33,7 @@ int main(int argc, char** argv) {
   using namespace lmtune;
   init_logging(/*verbose=*/false);
 
-  CLI::App app{"lmtune: fine-tune GPT-2-style language models on one GPU"};
+  CLI::App app{"lmtune: fine-tune causal language models (GPT-2, Llama, Mistral, Qwen) on one GPU"};
   app.require_subcommand(1);
   app.set_version_flag("--version", [] { return version_report(); });
   app.add_flag_callback(

@@ -600,12 +600,18 @@ std::optional<ModelContext> known_context_length(const Config& config) {
   }
   // Attention within a sliding window (Mistral; Qwen2 and Qwen3 with use_sliding_window) is not
   // implemented, so sequences must fit in the window (lmtune/model/llama.h).
-  const bool windowed = hf.value("model_type", "") == "mistral" ||
-                        (hf.contains("use_sliding_window") && hf["use_sliding_window"] == true);
-  if (context && windowed && hf.contains("sliding_window") &&
-      hf["sliding_window"].is_number_integer() &&
-      hf["sliding_window"].get<int64_t>() < context->tokens)
-    context = ModelContext{hf["sliding_window"].get<int64_t>(), "sliding_window"};
+  // The same rule as LlamaConfig::from_hf_json (lmtune/model/llama.h), which this layer cannot
+  // include: Mistral's window defaults to 4096 when config.json does not set it.
+  const bool mistral = hf.value("model_type", "") == "mistral";
+  const bool windowed =
+      mistral || (hf.contains("use_sliding_window") && hf["use_sliding_window"] == true);
+  std::optional<int64_t> window;
+  if (hf.contains("sliding_window") && hf["sliding_window"].is_number_integer())
+    window = hf["sliding_window"].get<int64_t>();
+  else if (mistral && !hf.contains("sliding_window"))
+    window = 4096;
+  if (context && windowed && window && *window < context->tokens)
+    context = ModelContext{*window, "sliding_window"};
   return context;
 }
 

@@ -209,16 +209,32 @@ void write_synced(const fs::path& path, const std::string& text) {
 
 namespace {
 
-// The cache root is shared by every run on the machine, so build directories of prepares that were
-// killed would pile up there: a build directory whose process is gone is removed.
+// "<host>-<pid>": the process building a cache. The host keeps builds on a cache directory shared
+// between machines (a home directory on NFS) apart, and out of each other's clean-up.
+std::string builder_id() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') std::strcpy(host, "host");
+  for (char* c = host; *c; ++c)
+    if (*c == '-' || *c == '/') *c = '_';
+  return std::string(host) + "-" + std::to_string(::getpid());
+}
+
+// Build directories of prepares that were killed would pile up in a cache every run shares: one
+// of this host whose process is gone is removed.
 void remove_abandoned_builds(const fs::path& cache_root) {
+  const std::string ours = builder_id();
+  const std::string host_prefix = ours.substr(0, ours.rfind('-') + 1);
   std::error_code error;
   for (const auto& entry : fs::directory_iterator(cache_root, error)) {
     const std::string dir_name = entry.path().filename().string();
     if (dir_name.rfind(".build-", 0) != 0) continue;
-    const std::string pid_text = dir_name.substr(dir_name.rfind('-') + 1);
-    if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos) continue;
-    const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+    const std::size_t id_start = dir_name.rfind(host_prefix);
+    if (id_start == std::string::npos) continue;  // another host's, or an old name
+    const std::string pid_text = dir_name.substr(id_start + host_prefix.size());
+    if (pid_text.empty() || pid_text.size() > 9 ||
+        pid_text.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    const auto pid = static_cast<pid_t>(std::stol(pid_text));
     if (::kill(pid, 0) != 0 && errno == ESRCH) remove_tree(entry.path());
   }
 }
@@ -232,8 +248,8 @@ fs::path make_build_dir(const fs::path& cache_root, const std::string& name) {
     throw Error("cannot create the cache directory " + cache_root.string() + ": " +
                 error.message());
   remove_abandoned_builds(cache_root);
-  // The process id keeps two concurrent prepares of the same data apart.
-  fs::path dir = cache_root / (".build-" + name + "-" + std::to_string(::getpid()));
+  // The host and process id keep two concurrent prepares of the same data apart.
+  fs::path dir = cache_root / (".build-" + name + "-" + builder_id());
   remove_tree(dir);
   fs::create_directory(dir);
   return dir;

@@ -1,9 +1,9 @@
 #include "lmtune/infer/generate.h"
 
-#include <fstream>
-
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
+
+#include "lmtune/io/json_file.h"
 
 namespace lmtune {
 namespace {
@@ -37,9 +37,11 @@ std::vector<int64_t> end_of_sequence_ids(const std::filesystem::path& model_dir,
   auto add = [&](int64_t id) {
     if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
   };
-  std::ifstream in(model_dir / "generation_config.json");
-  auto config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (in && config.is_object() && config.contains("eos_token_id")) {
+  const auto file = model_dir / "generation_config.json";
+  const auto config = std::filesystem::exists(file)
+                          ? read_json_file(file, "generation_config.json", /*object=*/true)
+                          : nlohmann::json::object();
+  if (config.contains("eos_token_id")) {
     const auto& eos = config["eos_token_id"];
     if (eos.is_number_integer()) add(eos.get<int64_t>());
     if (eos.is_array())

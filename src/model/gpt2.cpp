@@ -24,13 +24,10 @@ ModelSpec GPT2Impl::spec_of(const GPT2Config& c) {
   s.context = c.n_positions;
   s.n_layer = c.n_layer;
   s.hidden_size = c.n_embd;
-  s.n_head = s.n_kv_head = c.n_head;
+  s.n_head = c.n_head;
   s.head_dim = c.n_embd / c.n_head;
-  s.mlp_width = c.mlp_width();
-  s.mlp_matrices = 2;
   s.position_parameters = c.n_positions * c.n_embd;
   s.tie_word_embeddings = c.tie_word_embeddings;
-  s.bos_token_id = c.bos_token_id;
   s.eos_token_ids = {c.eos_token_id};
   return s;
 }

@@ -58,12 +58,8 @@ ModelSpec LlamaImpl::spec_of(const LlamaConfig& c) {
   s.n_layer = c.num_hidden_layers;
   s.hidden_size = c.hidden_size;
   s.n_head = c.num_attention_heads;
-  s.n_kv_head = c.num_key_value_heads;
   s.head_dim = c.head_dim;
-  s.mlp_width = c.intermediate_size;
-  s.mlp_matrices = 3;
   s.tie_word_embeddings = c.tie_word_embeddings;
-  s.bos_token_id = c.bos_token_id;
   s.eos_token_ids = c.eos_token_ids;
   return s;
 }

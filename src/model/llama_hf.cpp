@@ -55,7 +55,7 @@ void read_rope(const json& hf, const HfConfigReader& read, LlamaConfig& c) {
                                                                           : none);
   c.rope_theta = read.number(v5 ? rope : hf, "rope_theta", 10000.0);
   std::string type = "default";
-  for (const char* type_key : {"rope_type", "type"})
+  for (const char* type_key : {"type", "rope_type"})  // rope_type wins where both are set
     if (rope.contains(type_key) && rope[type_key].is_string()) type = rope[type_key];
   if (read.number(rope, "partial_rotary_factor", 1.0) != 1.0)
     throw InputError(read.file(), std::string(key) +
@@ -97,7 +97,10 @@ std::vector<int64_t> token_ids(const json& hf, const char* key, const std::strin
 
 // The attention window in effect, or 0: Mistral uses sliding_window whenever it is set; Qwen2 and
 // Qwen3 only with use_sliding_window.
-int64_t window_in_effect(const HfConfigReader& read, const std::string& type) {
+int64_t window_in_effect(const json& hf, const HfConfigReader& read, const std::string& type) {
+  // transformers' MistralConfig defaults the window to 4096 when config.json does not set it;
+  // null means none.
+  if (type == "mistral" && !hf.contains("sliding_window")) return 4096;
   if (!read.has("sliding_window")) return 0;
   const bool used = type == "mistral" || read.boolean("use_sliding_window", false);
   return used ? read.positive("sliding_window") : 0;
@@ -138,7 +141,7 @@ LlamaConfig LlamaConfig::from_hf_json(const json& hf, const std::string& file) {
   c.mlp_bias = read.boolean("mlp_bias", false);
   c.qk_norm = c.model_type == "qwen3";
   c.tie_word_embeddings = read.boolean("tie_word_embeddings", false);
-  c.sliding_window = window_in_effect(read, c.model_type);
+  c.sliding_window = window_in_effect(hf, read, c.model_type);
   if (auto bos = token_ids(hf, "bos_token_id", file); !bos.empty()) c.bos_token_id = bos.front();
   c.eos_token_ids = token_ids(hf, "eos_token_id", file);
   c.source = hf;

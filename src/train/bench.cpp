@@ -105,7 +105,10 @@ MatmulPeak measure_matmul_peak(Precision precision, torch::Device device) {
 
 double training_flops_per_token(const CausalLMImpl& model, int64_t seq) {
   const ModelSpec& spec = model.spec();
+  // Embedding lookups cost no FLOPs: position embeddings never count, token embeddings only as
+  // the output projection they double as when tied.
   int64_t n = -spec.position_parameters;
+  if (!spec.tie_word_embeddings) n -= spec.vocab_size * spec.hidden_size;
   for (const auto& p : model.parameters()) n += p.numel();
   const double attention = 12.0 * static_cast<double>(spec.n_layer * spec.n_head * spec.head_dim) *
                            static_cast<double>(seq);

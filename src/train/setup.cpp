@@ -51,10 +51,7 @@ CausalLM build_model(const Config& config, const Tokenizer& tokenizer, torch::De
     throw InputError(origin, "the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
                                  " tokens but the model's vocabulary only " +
                                  std::to_string(c.vocab_size));
-  if (config.data.seq_len == 0)
-    throw ConfigError(
-        {"data.seq_len: 0 (the model's context) was not resolved; load the config "
-         "with load_config, which reads the model's config.json"});
+  TORCH_CHECK(config.data.seq_len > 0, "data.seq_len 0 must be resolved by load_config");
   if (config.data.seq_len > c.context)
     throw ConfigError({"data.seq_len: must not exceed the model's context (" +
                        std::to_string(c.context) + " tokens), got " +

@@ -26,8 +26,8 @@ void on_stop_signal(int signal) {
 
 void on_signal_during_setup(int) {
   static const char kMessage[] =
-      "\nlmtune error: interrupted while setting up the run, before its first checkpoint: nothing "
-      "was saved; run the same command again to start over\n";
+      "\nlmtune error: interrupted while setting up the run, before any step: nothing new was "
+      "saved; run the same command again\n";
   (void)!::write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
   ::_exit(kExitInterrupted);
 }

@@ -21,8 +21,6 @@ struct GenerateOptions {
   bool use_cache = true;          // false recomputes the whole sequence each step (for testing)
 };
 
-// The new token ids following `prompt` (not including it). Stops at a stop id, after
-// max_new_tokens, or when the model's context is full.
 // The ids that end a sequence for the model in `model_dir`: its config.json's eos_token_id(s),
 // those generation_config.json lists (it may list several, as Llama 3's does), and the tokenizer's
 // end-of-text.
@@ -30,6 +28,8 @@ std::vector<int64_t> end_of_sequence_ids(const std::filesystem::path& model_dir,
                                          const ModelSpec& spec,
                                          std::optional<int64_t> tokenizer_eos);
 
+// The new token ids following `prompt` (not including it). Stops at a stop id, after
+// max_new_tokens, or when the model's context is full.
 std::vector<int64_t> generate(const CausalLM& model, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options);
 

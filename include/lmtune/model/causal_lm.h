@@ -27,13 +27,9 @@ struct ModelSpec {
   int64_t n_layer = 0;
   int64_t hidden_size = 0;
   int64_t n_head = 0;
-  int64_t n_kv_head = 0;     // key/value heads (fewer than n_head with grouped-query attention)
-  int64_t head_dim = 0;      // channels per head
-  int64_t mlp_width = 0;     // inner width of the MLP
-  int64_t mlp_matrices = 2;  // weight matrices of the MLP: 2 (GPT-2), 3 (SwiGLU)
+  int64_t head_dim = 0;             // channels per head
   int64_t position_parameters = 0;  // learned position embeddings (GPT-2's wpe), else 0
   bool tie_word_embeddings = true;
-  std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;  // generation stops on any of them
 };
 
@@ -94,7 +90,6 @@ class CausalLMImpl : public torch::nn::Module {
 
   // Activation checkpointing of every `every`-th block (0, every, 2 * every, ...); 0 turns it off.
   void set_gradient_checkpointing(int64_t every) { checkpoint_every_ = every; }
-  int64_t gradient_checkpointing() const { return checkpoint_every_; }
 
  protected:
   // idx (B, T) -> (B, T, C): token (and position) embeddings of positions past .. past + T - 1.

@@ -141,8 +141,6 @@ class LlamaImpl : public CausalLMImpl {
   std::vector<std::string> hf_names(const std::string& parameter) const override;
   bool ignorable_hf_tensor(const std::string& name) const override;
 
-  const LlamaConfig& config() const { return config_; }
-
   torch::nn::Embedding embed_tokens{nullptr};  // (V, C)
   torch::nn::ModuleList layers{nullptr};       // L decoder layers
   RMSNorm norm{nullptr};

@@ -53,8 +53,8 @@ struct BenchResult {
 };
 
 // Training FLOPs per token of `model` at `seq` tokens per sequence, as nanoGPT and PaLM count
-// them: 6N for the N parameters other than position embeddings (2 forward + 4 backward per
-// weight; a tied embedding counts once, through the output projection), plus attention's QK^T and
+// them: 6N for the N parameters other than embeddings (2 forward + 4 backward per weight; a token
+// embedding tied to the output head counts once, as the head), plus attention's QK^T and
 // AV over the full T x T square: 2 matmuls x 2 FLOPs x T x (H x D) per token and layer forward,
 // x3 with backward = 12 L H D T.
 double training_flops_per_token(const CausalLMImpl& model, int64_t seq);

@@ -70,8 +70,8 @@ class Trainer {
   std::optional<PreparedData> data_;
   std::unique_ptr<Batcher> batcher_;
   std::unique_ptr<AdamW> optimizer_;
-  std::unique_ptr<TrainingStep> training_step_;
-  std::unique_ptr<LossScaler> scaler_;  // fp16 only
+  std::unique_ptr<LossScaler> scaler_;           // fp16 only
+  std::unique_ptr<TrainingStep> training_step_;  // uses optimizer_ and scaler_: declared after
   std::unique_ptr<NonFiniteStreak> nonfinite_;
   int64_t loss_chunk_tokens_ = 0;  // 0 = the plain loss
   std::unique_ptr<MetricsFile> metrics_;
