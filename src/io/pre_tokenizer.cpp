@@ -122,8 +122,10 @@ class ByteLevelStep : public PreTokenizer::Step {
   void split(std::string_view piece, bool at_input_start,
              PreTokenizer::PieceSink emit) const override {
     std::string prefixed;
-    if (add_prefix_space_ && piece.front() != ' ') {
-      prefixed = " " + std::string(piece);
+    if (add_prefix_space_ && (piece.empty() || piece.front() != ' ')) {
+      prefixed.reserve(piece.size() + 1);  // appended, not " " + ...: GCC 12 warns falsely on that
+      prefixed.push_back(' ');
+      prefixed.append(piece);
       piece = prefixed;
     }
     if (!use_regex_) {
