@@ -616,7 +616,9 @@ std::optional<ModelContext> known_context_length(const Config& config) {
 }
 
 // Rules that involve more than one key. Keys that already failed on their own are not judged again.
-void check_cross_key_rules(const Config& c, Problems& p) {
+// `context` is the model's, when known.
+void check_cross_key_rules(const Config& c, const std::optional<ModelContext>& context,
+                           Problems& p) {
   if (c.data.train.empty() && p.ok("data.train"))
     p.add("data.train", "is required: the training data file (.txt or .jsonl)");
   if (c.model.init == ModelInit::kPretrained && c.model.path.empty() && p.ok("model.path"))
@@ -643,8 +645,7 @@ void check_cross_key_rules(const Config& c, Problems& p) {
     p.add_rule("train.precision", {"run.device"}, "fp16 needs a CUDA device; use bf16 on the CPU");
   if (c.data.seq_len == 1 && p.ok("data.seq_len"))
     p.add("data.seq_len", "must be 0 (the model's context) or at least 2, got 1");
-  if (auto context = known_context_length(c);
-      context && c.data.seq_len > context->tokens && p.ok("data.seq_len"))
+  if (context && c.data.seq_len > context->tokens && p.ok("data.seq_len"))
     p.add_rule("data.seq_len", {"model.path", "model.n_positions"},
                "must not exceed the model's " + context->key + " (" +
                    std::to_string(context->tokens) + "), got " + std::to_string(c.data.seq_len) +
@@ -653,9 +654,8 @@ void check_cross_key_rules(const Config& c, Problems& p) {
 }
 
 // data.seq_len: 0 becomes the model's context, capped at kMaxDefaultSeqLen, where it is known.
-void resolve_seq_len(Config& config) {
-  if (config.data.seq_len != 0) return;
-  if (auto context = known_context_length(config))
+void resolve_seq_len(Config& config, const std::optional<ModelContext>& context) {
+  if (config.data.seq_len == 0 && context)
     config.data.seq_len = std::min(context->tokens, kMaxDefaultSeqLen);
 }
 
@@ -746,9 +746,10 @@ Config load_config(const fs::path& file, const std::vector<Override>& overrides)
   reader.report_unknown_sections();
   if (config.run.output_dir.empty())
     config.run.output_dir = (fs::current_path() / "runs" / file.stem()).lexically_normal().string();
-  check_cross_key_rules(config, problems);
+  const auto context = known_context_length(config);  // reads the model's config.json once
+  check_cross_key_rules(config, context, problems);
   problems.throw_if_any();
-  resolve_seq_len(config);
+  resolve_seq_len(config, context);
   return config;
 }
 

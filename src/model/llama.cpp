@@ -182,11 +182,12 @@ void LlamaImpl::init_weights(uint64_t seed) {
 
 std::pair<torch::Tensor, torch::Tensor> LlamaImpl::rotation(int64_t past, int64_t T,
                                                             torch::Device device) {
-  auto& [cos, sin] = rotation_tables_[device.str()];
-  if (!cos.defined() || cos.size(0) < past + T) {
+  auto& [cos, sin] = rotation_tables_;
+  if (!cos.defined() || cos.device() != device || cos.size(0) < past + T) {
     // Tables for every position up to the longest sequence seen: each row depends only on its
     // position, so a slice equals a table computed for those positions alone.
-    const int64_t length = std::max<int64_t>(past + T, cos.defined() ? 2 * cos.size(0) : 256);
+    const int64_t grown = cos.defined() && cos.device() == device ? 2 * cos.size(0) : 256;
+    const int64_t length = std::max<int64_t>(past + T, grown);
     auto positions = torch::arange(length, torch::kFloat32);
     auto freqs = torch::outer(positions, inv_freq_);       // (length, D / 2)
     auto angles = torch::cat({freqs, freqs}, /*dim=*/-1);  // (length, D)

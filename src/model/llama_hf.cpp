@@ -1,6 +1,8 @@
 // The Llama family's Hugging Face files: config.json in transformers 4.x's layout (rope_theta,
 // rope_scaling, torch_dtype) and 5.x's (rope_parameters, dtype), the settings each model_type
 // implies, and the tensor names (a "model." prefix except on lm_head).
+#include <map>
+
 #include "lmtune/core/errors.h"
 #include "lmtune/model/llama.h"
 

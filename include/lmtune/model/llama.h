@@ -10,7 +10,6 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -159,7 +158,8 @@ class LlamaImpl : public CausalLMImpl {
   LlamaConfig config_;
   ModelSpec spec_;
   torch::Tensor inv_freq_;  // (D / 2), fp32 on the CPU
-  std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> rotation_tables_;  // per device
+  // cos and sin (P, D) for the first P positions, on the device the model last ran on.
+  std::pair<torch::Tensor, torch::Tensor> rotation_tables_;
 };
 TORCH_MODULE(Llama);
 
