@@ -22,6 +22,7 @@ inline void set_help_footer(CLI::App& command, const std::string& prints) {
 void add_bench_command(CLI::App& app);
 void add_config_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
+void add_merge_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_prepare_command(CLI::App& app);

@@ -15,20 +15,30 @@ void add_eval_command(CLI::App& app) {
   auto* command = app.add_subcommand("eval", "Evaluate a model on the config's validation data");
   auto options = std::make_shared<ConfigOptions>();
   auto model_dir = std::make_shared<std::string>();
+  auto adapter_dir = std::make_shared<std::string>();
   add_config_options(*command, *options);
   set_help_footer(*command,
                   "one JSON line: {\"loss\", \"perplexity\", \"tokens\"} on the validation data.");
   command->add_option("--model", *model_dir,
-                      "Model directory to evaluate instead of model.path (e.g. RUN/final)");
-  command->callback([options, model_dir] {
+                      "Model directory to evaluate instead of model.path (e.g. RUN/final; a LoRA "
+                      "run's final/ is its adapter over the base it names)");
+  command->add_option("--adapter", *adapter_dir,
+                      "A LoRA adapter directory (lmtune's or PEFT's) evaluated over the model");
+  command->callback([options, model_dir, adapter_dir] {
     std::vector<Override> model_overrides;
-    if (!model_dir->empty())
-      model_overrides = {{"model.path", *model_dir}, {"model.init", "pretrained"}};
+    if (!model_dir->empty()) {
+      const ModelSource source = resolve_model_source(*model_dir, *adapter_dir);
+      model_overrides = {{"model.path", source.base.string()}, {"model.init", "pretrained"}};
+      if (!source.adapter.empty())
+        model_overrides.push_back({"lora.adapter", source.adapter.string()});
+    } else if (!adapter_dir->empty()) {
+      model_overrides = {{"lora.adapter", *adapter_dir}};
+    }
     Config config = load_checked_config(*options, Reads::kModelAndData, model_overrides);
     set_threads(config.run.threads);
     torch::Device device = resolve_device(config.run.device);
     auto tokenizer = load_tokenizer(tokenizer_dir(config));
-    CausalLM model = build_model(config, *tokenizer, device);
+    CausalLM model = build_model(config, *tokenizer, device).model;
     PreparedData data = prepare_data(config.data, *tokenizer, cache_root(config));
     if (data.validation.num_windows() == 0)
       throw UsageError(options->file +

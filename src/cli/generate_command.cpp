@@ -10,6 +10,7 @@
 #include "lmtune/core/runtime.h"
 #include "lmtune/infer/generate.h"
 #include "lmtune/io/tokenizer.h"
+#include "lmtune/model/lora.h"
 #include "lmtune/model/model_factory.h"
 #include "lmtune/train/setup.h"
 
@@ -18,6 +19,7 @@ namespace {
 
 struct GenerateArgs {
   std::string model_dir;
+  std::string adapter_dir;
   std::string prompt;
   std::string prompts_file;
   GenerateOptions options;
@@ -68,10 +70,18 @@ std::string continue_prompt(const CausalLM& model, const Tokenizer& tokenizer,
 void run(const GenerateArgs& args) {
   set_threads(args.threads);
   torch::Device device = resolve_device(*enum_from_name<Device>(args.device), "--device");
-  auto tokenizer = load_tokenizer(args.model_dir);
-  CausalLM model = load_causal_lm(args.model_dir, device);
+  const ModelSource source = resolve_model_source(args.model_dir, args.adapter_dir);
+  // An adapter directory written by lmtune carries the tokenizer it was trained with.
+  const bool adapter_tokenizer = !source.adapter.empty() && has_tokenizer_files(source.adapter);
+  auto tokenizer = load_tokenizer(adapter_tokenizer ? source.adapter : source.base);
+  CausalLM model = load_causal_lm(source.base);
+  if (!source.adapter.empty()) {
+    load_adapter(*model, source.adapter);
+    merge_lora(*model);  // the same outputs, at the base's speed
+  }
+  model->to(device);
   GenerateOptions options = args.options;
-  options.stop_ids = end_of_sequence_ids(args.model_dir, model->spec(), tokenizer->eos_id());
+  options.stop_ids = end_of_sequence_ids(source.base, model->spec(), tokenizer->eos_id());
   options.use_cache = !args.no_cache;
 
   auto start = std::chrono::steady_clock::now();
@@ -102,8 +112,11 @@ void add_generate_command(CLI::App& app) {
                   "{\"prompt\", \"completion\"} per prompt.");
   command
       ->add_option("--model", args->model_dir,
-                   "Model directory (config.json, model.safetensors, tokenizer)")
+                   "Model directory (config.json, model.safetensors, tokenizer), or a LoRA "
+                   "adapter directory whose adapter_config.json names its base")
       ->required();
+  command->add_option("--adapter", args->adapter_dir,
+                      "A LoRA adapter directory (lmtune's or PEFT's) applied over --model");
   auto* prompt = command->add_option("--prompt", args->prompt, "Text to continue");
   auto* prompts =
       command->add_option("--prompts-file", args->prompts_file,

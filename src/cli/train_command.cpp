@@ -21,6 +21,7 @@ void add_train_command(CLI::App& app) {
       "train", "Fine-tune a model as a config says; the run goes to run.output_dir");
   auto options = std::make_shared<ConfigOptions>();
   auto resume = std::make_shared<std::string>();
+  auto adapter = std::make_shared<std::string>();
   add_config_options(*command, *options);
   set_help_footer(*command,
                   "a JSON summary line at the end (steps, losses, seconds, final model directory); "
@@ -32,8 +33,14 @@ void add_train_command(CLI::App& app) {
                        "directory, or of the given run or checkpoint directory")
           ->expected(0, 1)
           ->type_name("[DIR]");
-  command->callback([options, resume, resume_option] {
-    Config config = load_checked_config(*options);
+  command->add_option(
+      "--adapter", *adapter,
+      "Continue training this LoRA adapter directory (lmtune's or PEFT's): the same "
+      "as --set lora.adapter=DIR");
+  command->callback([options, resume, resume_option, adapter] {
+    std::vector<Override> extra;
+    if (!adapter->empty()) extra.push_back({"lora.adapter", *adapter});
+    Config config = load_checked_config(*options, Reads::kModelAndData, extra);
     std::optional<std::filesystem::path> resume_from;
     if (resume_option->count() > 0)
       resume_from = resume->empty() ? std::filesystem::path(config.run.output_dir)

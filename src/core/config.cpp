@@ -255,6 +255,23 @@ class SectionReader {
     return std::nullopt;
   }
 
+  // A list of strings; a single string is a list of one.
+  static std::optional<std::string> read(const json& node, std::vector<std::string>& value,
+                                         const Field&) {
+    if (node.is_string()) {
+      value = {node.get<std::string>()};
+      return std::nullopt;
+    }
+    if (!node.is_array()) return "expected a list of strings, got " + describe(node);
+    std::vector<std::string> items;
+    for (const auto& item : node) {
+      if (!item.is_string()) return "expected a list of strings, got an item " + describe(item);
+      items.push_back(item.get<std::string>());
+    }
+    value = std::move(items);
+    return std::nullopt;
+  }
+
   template <class E, class = std::enable_if_t<IsConfigEnum<E>::value>>
   static std::optional<std::string> read(const json& node, E& value, const Field&) {
     std::string allowed = enum_spellings<E>(", ");
@@ -346,6 +363,8 @@ std::string type_name(const Field& field) {
     return "boolean";
   } else if constexpr (std::is_same_v<T, std::string>) {
     return field.is_path() ? "path" : "string";
+  } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+    return "list";
   } else {
     return enum_spellings<T>("|");
   }
@@ -553,6 +572,25 @@ void set_dotted(json& tree, const std::string& key, json value) {
   }
 }
 
+// A --set value for a list key: a YAML/JSON flow list ([q_proj, v_proj]), or names separated by
+// commas (q_proj,v_proj); an empty value is the empty list.
+json parse_list_value(const std::string& text) {
+  json list = json::array();
+  std::string body = text;
+  if (body.size() >= 2 && body.front() == '[' && body.back() == ']')
+    body = body.substr(1, body.size() - 2);
+  std::size_t start = 0;
+  while (start <= body.size()) {
+    std::size_t comma = std::min(body.find(',', start), body.size());
+    std::string item = body.substr(start, comma - start);
+    item.erase(0, item.find_first_not_of(" \t\"'"));
+    item.erase(item.find_last_not_of(" \t\"'") + 1);
+    if (!item.empty()) list.push_back(item);
+    start = comma + 1;
+  }
+  return list;
+}
+
 const KeyInfo* find_key(const std::vector<KeyInfo>& keys, const std::string& path) {
   for (const auto& key : keys)
     if (key.path == path) return &key;
@@ -615,6 +653,29 @@ std::optional<ModelContext> known_context_length(const Config& config) {
   return context;
 }
 
+// Adapters train over a frozen, pretrained base; a quantized base cannot train without them.
+void check_lora_rules(const Config& c, Problems& p) {
+  if (c.model.quantize != Quantize::kNone && !c.lora.enabled && p.ok("model.quantize"))
+    p.add_rule("model.quantize", {"lora.enabled"},
+               std::string(enum_name(c.model.quantize)) +
+                   " needs lora: a quantized base is frozen and only adapters train; add a lora "
+                   "section (or --set lora.enabled=true), or set model.quantize: none");
+  if (!c.lora.enabled) {
+    if (!c.lora.adapter.empty() && p.ok("lora.adapter"))
+      p.add_rule("lora.adapter", {"lora.enabled"}, "is set but lora.enabled is false");
+    return;
+  }
+  if (c.model.init == ModelInit::kRandom && p.ok("model.init"))
+    p.add_rule("model.init", {"lora.enabled"},
+               "random cannot be used with lora: adapters train over a pretrained base");
+  if (c.train.freeze_layers > 0 && p.ok("train.freeze_layers"))
+    p.add_rule("train.freeze_layers", {"lora.enabled"},
+               "has no effect with lora (the whole base is frozen); remove it");
+  if (c.train.freeze_embeddings && p.ok("train.freeze_embeddings"))
+    p.add_rule("train.freeze_embeddings", {"lora.enabled"},
+               "has no effect with lora (the whole base is frozen); remove it");
+}
+
 // Rules that involve more than one key. Keys that already failed on their own are not judged again.
 // `context` is the model's, when known.
 void check_cross_key_rules(const Config& c, const std::optional<ModelContext>& context,
@@ -643,6 +704,7 @@ void check_cross_key_rules(const Config& c, const std::optional<ModelContext>& c
   if (c.train.precision == Precision::kFp16 && c.run.device == Device::kCpu &&
       p.ok("train.precision"))
     p.add_rule("train.precision", {"run.device"}, "fp16 needs a CUDA device; use bf16 on the CPU");
+  check_lora_rules(c, p);
   if (c.data.seq_len == 1 && p.ok("data.seq_len"))
     p.add("data.seq_len", "must be 0 (the model's context) or at least 2, got 1");
   if (context && c.data.seq_len > context->tokens && p.ok("data.seq_len"))
@@ -733,12 +795,18 @@ Config load_config(const fs::path& file, const std::vector<Override>& overrides)
     bool literal = key && (key->type == "string" || key->type == "path" ||
                            key->type.find('|') != std::string::npos);
     json value = literal ? json(override.value) : infer_scalar(override.value);
+    if (key && key->type == "list") value = parse_list_value(override.value);
     if (key && key->type == "path" && !override.value.empty() &&
         fs::path(override.value).is_relative())
       value = (fs::current_path() / override.value).lexically_normal().string();
     set_dotted(tree, override.key, std::move(value));
     problems.set_origin(override.key, "--set " + override.key + "=" + override.value);
   }
+
+  // Writing a lora section (in the file or with --set lora.KEY) is asking for adapters.
+  if (auto lora = tree.find("lora");
+      lora != tree.end() && lora->is_object() && !lora->contains("enabled"))
+    (*lora)["enabled"] = true;
 
   Config config;
   TreeReader reader(tree, problems);

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cctype>
 
-#include "lmtune/data/hash.h"
+#include "lmtune/core/hash.h"
 
 namespace lmtune {
 namespace {

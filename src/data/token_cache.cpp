@@ -9,7 +9,7 @@
 #include <fstream>
 
 #include "lmtune/core/errors.h"
-#include "lmtune/data/hash.h"
+#include "lmtune/core/hash.h"
 #include "lmtune/io/remove_tree.h"
 #include "lmtune/io/tokenizer.h"
 

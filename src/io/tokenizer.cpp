@@ -55,6 +55,11 @@ void check_tokenizer_files(const fs::path& dir) {
     throw InputError(dir.string(), std::string("no tokenizer files: ") + kExpectedFiles);
 }
 
+bool has_tokenizer_files(const fs::path& dir) {
+  return fs::exists(dir / "tokenizer.json") || has_gpt2_files(dir) ||
+         fs::exists(dir / "tokenizer.model");
+}
+
 std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& dir) {
   check_tokenizer_files(dir);
   try {

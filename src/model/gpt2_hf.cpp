@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "lmtune/core/errors.h"
+#include "lmtune/core/text.h"
 #include "lmtune/model/gpt2.h"
 #include "lmtune/model/hf_model_files.h"
 
@@ -22,11 +23,6 @@ constexpr ActivationSpelling kActivations[] = {{"gelu_new", Activation::kGeluTan
                                                {"gelu_fast", Activation::kGeluTanh},
                                                {"gelu", Activation::kGelu},
                                                {"relu", Activation::kRelu}};
-
-bool ends_with(const std::string& name, const std::string& suffix) {
-  return name.size() >= suffix.size() &&
-         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // HF's Conv1D layers store their weight as (in, out); a Projection as (out, in).
 bool is_conv1d_weight(const std::string& name) {
@@ -145,6 +141,7 @@ bool GPT2Impl::ignorable_hf_tensor(const std::string& name) const {
 NamedTensors GPT2Impl::hf_tensors() const {
   NamedTensors tensors;
   for (const auto& item : named_parameters()) {
+    if (is_adapter_parameter(item.key())) continue;  // adapters are saved apart (model/lora.h)
     torch::Tensor value = item.value().detach().to(torch::kCPU, torch::kFloat32);
     tensors.emplace_back(hf_names(item.key()).front(),
                          is_conv1d_weight(item.key()) ? value.t().contiguous() : value);

@@ -4,9 +4,11 @@
 #include <set>
 
 #include "lmtune/core/errors.h"
+#include "lmtune/core/hash.h"
 #include "lmtune/io/json_file.h"
 #include "lmtune/io/tokenizer.h"
 #include "lmtune/model/causal_lm.h"
+#include "lmtune/model/projection.h"
 
 namespace lmtune {
 namespace fs = std::filesystem;
@@ -105,11 +107,26 @@ std::vector<std::string> HfWeights::names() const {
   return names;
 }
 
+std::string HfWeights::fingerprint() const {
+  constexpr std::size_t kSample = 4096;
+  Hash64 hash;
+  for (const auto& name : names()) {
+    const auto& [file, entry] = index_.at(name);
+    hash.update(name).update(torch::toString(entry->dtype));
+    for (int64_t d : entry->shape) hash.update_int(static_cast<uint64_t>(d));
+    const std::string_view data = file->bytes(*entry);
+    hash.update(data.substr(0, kSample));
+    if (data.size() > kSample) hash.update(data.substr(data.size() - kSample));
+  }
+  return hash.hex();
+}
+
 void load_hf_weights(CausalLMImpl& model, const HfWeights& weights) {
   std::set<std::string> used;
   torch::NoGradGuard no_grad;
   for (auto& item : model.named_parameters()) {
     const std::string& name = item.key();
+    if (is_adapter_parameter(name)) continue;  // loaded from an adapter file (model/lora.h)
     const std::vector<std::string> candidates = model.hf_names(name);
     const SafetensorsEntry* entry = nullptr;
     for (const auto& candidate : candidates)

@@ -205,9 +205,11 @@ bool LlamaImpl::ignorable_hf_tensor(const std::string& name) const {
 
 NamedTensors LlamaImpl::hf_tensors() const {
   NamedTensors tensors;
-  for (const auto& item : named_parameters())
+  for (const auto& item : named_parameters()) {
+    if (is_adapter_parameter(item.key())) continue;  // adapters are saved apart (model/lora.h)
     tensors.emplace_back(hf_names(item.key()).front(),
                          item.value().detach().to(torch::kCPU, torch::kFloat32));
+  }
   return tensors;
 }
 

@@ -15,12 +15,13 @@
 #include <spdlog/spdlog.h>
 
 #include "lmtune/core/errors.h"
+#include "lmtune/core/hash.h"
 #include "lmtune/core/version.h"
-#include "lmtune/data/hash.h"
 #include "lmtune/io/mapped_file.h"
 #include "lmtune/io/remove_tree.h"
 #include "lmtune/io/safetensors.h"
 #include "lmtune/io/tokenizer.h"
+#include "lmtune/model/lora.h"
 
 namespace lmtune {
 namespace fs = std::filesystem;
@@ -150,7 +151,8 @@ struct StateWriter {
   }
 };
 
-// Reads each TrainerState field from its JSON pointer; a missing one throws json::exception.
+// Reads each TrainerState field from its JSON pointer; a missing one throws json::exception,
+// except an optional one, which stays empty.
 struct StateReader {
   const json& in;
   template <class T>
@@ -159,8 +161,9 @@ struct StateReader {
   }
   template <class T>
   void operator()(std::optional<T>& value, const char* pointer) {
-    const json& node = in.at(json::json_pointer(pointer));
-    value = node.is_null() ? std::nullopt : std::optional<T>(node.get<T>());
+    const json::json_pointer at(pointer);
+    const bool present = in.contains(at) && !in.at(at).is_null();
+    value = present ? std::optional<T>(in.at(at).get<T>()) : std::nullopt;
   }
 };
 
@@ -225,15 +228,20 @@ fs::path checkpoint_dir(const fs::path& run_dir, int64_t step) {
 }
 
 fs::path save_checkpoint(const fs::path& run_dir, const CausalLM& model, const Tokenizer& tokenizer,
-                         const AdamW& optimizer, const TrainerState& state) {
+                         const AdamW& optimizer, const TrainerState& state,
+                         const AdapterSetup* adapter) {
   const fs::path final_dir = checkpoint_dir(run_dir, state.step);
   const fs::path tmp = final_dir.parent_path() / (kTempPrefix + std::to_string(state.step) + "-" +
                                                   std::to_string(::getpid()));
   remove_tree(tmp);
   fs::create_directories(tmp);
   try {
-    // config.json, model.safetensors (one file, whatever its size), tokenizer: loads in HF.
-    save_hf_model(*model, tmp, &tokenizer, /*max_shard_bytes=*/INT64_MAX);
+    // config.json, model.safetensors (one file, whatever its size), tokenizer: loads in HF; or
+    // the adapter, which loads in PEFT over the base.
+    if (adapter)
+      save_adapter(*model, adapter->spec, adapter->summary, tmp, adapter->base_model, &tokenizer);
+    else
+      save_hf_model(*model, tmp, &tokenizer, /*max_shard_bytes=*/INT64_MAX);
     crash_here_if_testing(state.step);
     NamedTensors moments;
     for (const auto& s : optimizer.state()) {
@@ -267,9 +275,12 @@ TrainerState read_checkpoint(const fs::path& dir) {
   json complete = read_json_file(complete_file);
   if (!complete.contains("files") || !complete["files"].is_object())
     throw InputError(complete_file.string(), "has no list of files");
-  for (const char* required : {kModelFile, kOptimizerFile, kStateFile})
+  for (const char* required : {kOptimizerFile, kStateFile})
     if (!complete["files"].contains(required))
       throw InputError(complete_file.string(), std::string("does not list ") + required);
+  if (!complete["files"].contains(kModelFile) && !complete["files"].contains(kAdapterWeightsFile))
+    throw InputError(complete_file.string(),
+                     std::string("lists neither ") + kModelFile + " nor " + kAdapterWeightsFile);
   for (const auto& [name, checksum] : complete["files"].items()) {
     fs::path file = dir / name;
     if (!fs::exists(file)) throw InputError(file.string(), "missing from the checkpoint");
@@ -311,8 +322,17 @@ std::optional<int64_t> newest_complete_step(const fs::path& run_dir) {
   return std::nullopt;
 }
 
-void load_checkpoint_weights(const fs::path& dir, const CausalLM& model, AdamW& optimizer) {
-  load_hf_weights(*model, HfWeights(dir));
+void load_checkpoint_weights(const fs::path& dir, const CausalLM& model, AdamW& optimizer,
+                             const AdapterSetup* adapter) {
+  const bool adapter_checkpoint = fs::exists(dir / kAdapterWeightsFile);
+  if (adapter_checkpoint != (adapter != nullptr))
+    throw InputError(dir.string(), adapter_checkpoint
+                                       ? "holds an adapter, but the config trains the whole model"
+                                       : "holds a whole model, but the config trains an adapter");
+  if (adapter)
+    load_adapter_weights(*model, adapter->spec, dir / kAdapterWeightsFile);
+  else
+    load_hf_weights(*model, HfWeights(dir));
   SafetensorsFile moments(dir / kOptimizerFile);
   torch::NoGradGuard no_grad;
   for (auto& s : optimizer.state()) {

@@ -4,6 +4,7 @@
 #include "lmtune/data/reader.h"
 #include "lmtune/io/tokenizer.h"
 #include "lmtune/model/hf_model_files.h"
+#include "lmtune/model/lora.h"
 #include "lmtune/model/model_factory.h"
 #include "lmtune/train/setup.h"
 
@@ -21,6 +22,13 @@ int64_t check_model_files(const Config& config) {
     throw InputError((dir / "model.safetensors").string(),
                      "missing: the model's weights (model.path; or set model.init: random to "
                      "train from scratch)");
+  if (config.lora.enabled && !config.lora.adapter.empty()) {
+    const fs::path adapter = config.lora.adapter;
+    read_adapter_config(adapter);
+    if (!fs::exists(adapter / kAdapterWeightsFile))
+      throw InputError((adapter / kAdapterWeightsFile).string(),
+                       "missing: the adapter's weights (lora.adapter)");
+  }
   return spec.n_layer;
 }
 

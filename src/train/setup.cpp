@@ -26,7 +26,37 @@ fs::path cache_root(const Config& config) {
                                        : fs::path(config.data.cache_dir);
 }
 
-CausalLM build_model(const Config& config, const Tokenizer& tokenizer, torch::Device device) {
+namespace {
+
+// Freezes the base and attaches the run's adapters: fresh ones (seeded by run.seed, drawn after the
+// base is built) or those of lora.adapter, whose own settings then win.
+AdapterSetup attach_adapters(const Config& config, CausalLMImpl& model) {
+  AdapterSetup adapter;
+  adapter.base_model = config.model.path;
+  if (config.lora.adapter.empty()) {
+    adapter.spec = lora_spec(config.lora);
+    adapter.summary = attach_lora(model, adapter.spec);
+  } else {
+    adapter.spec = read_adapter_config(config.lora.adapter).spec;
+    adapter.summary = load_adapter(model, config.lora.adapter);
+  }
+  return adapter;
+}
+
+}  // namespace
+
+LoraSpec lora_spec(const LoraConfig& lora) {
+  LoraSpec spec;
+  spec.r = lora.r;
+  spec.alpha = lora.alpha;
+  spec.dropout = lora.dropout;
+  spec.use_rslora = lora.use_rslora;
+  spec.target_modules = lora.target_modules;
+  spec.modules_to_save = lora.modules_to_save;
+  return spec;
+}
+
+BuiltModel build_model(const Config& config, const Tokenizer& tokenizer, torch::Device device) {
   CausalLM model;
   std::string origin;
   if (config.model.init == ModelInit::kPretrained) {
@@ -56,7 +86,12 @@ CausalLM build_model(const Config& config, const Tokenizer& tokenizer, torch::De
     throw ConfigError({"data.seq_len: must not exceed the model's context (" +
                        std::to_string(c.context) + " tokens), got " +
                        std::to_string(config.data.seq_len)});
-  return model;
+  BuiltModel built{model, std::nullopt};
+  if (config.lora.enabled) {
+    built.adapter = attach_adapters(config, *model);
+    model->to(device);
+  }
+  return built;
 }
 
 }  // namespace lmtune

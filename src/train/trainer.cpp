@@ -3,6 +3,7 @@
 #include <cmath>
 #include <fstream>
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "lmtune/core/errors.h"
@@ -89,7 +90,10 @@ void Trainer::setup() {
 
   prepare_run_directory();
   tokenizer_ = load_tokenizer(tokenizer_dir(config_));
-  model_ = build_model(config_, *tokenizer_, device_);
+  BuiltModel built = build_model(config_, *tokenizer_, device_);
+  model_ = built.model;
+  adapter_ = std::move(built.adapter);
+  if (adapter_) log_adapter();
   setup_memory_levers();
   data_ = prepare_data(config_.data, *tokenizer_, cache_root(config_));
   log_prepare_report(data_->report);
@@ -134,8 +138,22 @@ void Trainer::setup() {
                      std::to_string(model_->spec().n_layer) + " layers");
   state_.config = config_to_json(config_);
   state_.config_hash = config_hash(state_.config);
+  if (adapter_) state_.base_fingerprint = HfWeights(config_.model.path).fingerprint();
   if (resume_from_) resume();
   release_cpu_copies();
+}
+
+void Trainer::log_adapter() {
+  const AdapterSummary& s = adapter_->summary;
+  progress_->message(fmt::format(
+      "lora: rank {} (alpha {:g}{}) on {} layers ({}), {} adapter parameters{}; the base is frozen",
+      adapter_->spec.r, adapter_->spec.alpha, adapter_->spec.use_rslora ? ", rsLoRA" : "",
+      s.adapted_layers, fmt::join(s.target_names, ", "), s.adapter_parameters,
+      s.saved_module_parameters > 0
+          ? fmt::format(", {} in modules_to_save", s.saved_module_parameters)
+          : std::string()));
+  if (!config_.lora.adapter.empty())
+    progress_->message("lora: continuing the adapter in " + config_.lora.adapter);
 }
 
 // With the model on a GPU, the large CPU tensors of loading and saving (the weights as read, a
@@ -160,7 +178,12 @@ void Trainer::resume() {
   for (const auto& change : changes.accepted)
     progress_->message("resume: taking the new " + change);
 
-  load_checkpoint_weights(dir, model_, *optimizer_);
+  if (saved.base_fingerprint != state_.base_fingerprint)
+    throw InputError(config_.model.path,
+                     "is not the base model the adapter in " + dir.string() +
+                         " was trained on (its weights differ); resume with that base, or start "
+                         "a new run");
+  load_checkpoint_weights(dir, model_, *optimizer_, adapter_ ? &*adapter_ : nullptr);
   state_ = saved;
   state_.config = config_to_json(config_);  // with the changes a resume may make
   state_.config_hash = config_hash(state_.config);
@@ -372,7 +395,8 @@ void Trainer::save_checkpoint_now(const std::optional<EvalResult>& eval) {
     state_.loss_scaler = {{"scale", scaler.scale}, {"growth_tracker", scaler.growth_tracker}};
   }
   capture_rng_state(state_);
-  fs::path dir = save_checkpoint(config_.run.output_dir, model_, *tokenizer_, *optimizer_, state_);
+  fs::path dir = save_checkpoint(config_.run.output_dir, model_, *tokenizer_, *optimizer_, state_,
+                                 adapter_ ? &*adapter_ : nullptr);
   release_cpu_copies();
   saved_step_ = state_.step;
   last_save_time_ = Clock::now();
@@ -385,7 +409,17 @@ void Trainer::save_final() {
   fs::path tmp = final_dir;
   tmp += ".tmp";
   remove_tree(tmp);
-  save_hf_model(*model_, tmp, tokenizer_.get());
+  if (adapter_) {
+    save_adapter(*model_, adapter_->spec, adapter_->summary, tmp, adapter_->base_model,
+                 tokenizer_.get());
+    if (config_.lora.save_merged) {
+      // Merged from the base as stored (not as quantized in memory), as PEFT users merge.
+      write_merged_model(config_.model.path, tmp, tmp / "merged", tokenizer_.get());
+      progress_->message("merged model (base + adapter) in final/merged");
+    }
+  } else {
+    save_hf_model(*model_, tmp, tokenizer_.get());
+  }
   // A resumed run that trains past an earlier end replaces that run's final/.
   fs::path previous = final_dir;
   previous += ".previous";

@@ -5,6 +5,11 @@
 //   gpt2_probe resave MODEL_DIR OUT_DIR [MAX_SHARD_BYTES]  loads with lmtune, saves in HF layout
 //   gpt2_probe greedy MODEL_DIR IDS_JSON N                 prints N greedy continuation ids of
 //                                                          each row, as JSON, with the KV cache
+//   gpt2_probe lora-grads MODEL_DIR ADAPTER_DIR IDS_JSON OUT.safetensors
+//                                                          the model with the adapter (not merged):
+//                                                          writes logits and, for every trained
+//                                                          tensor, grad.<lmtune name> of the
+//                                                          next-token loss; prints {"loss": ...}
 #include <fstream>
 #include <iostream>
 
@@ -13,12 +18,27 @@
 #include "lmtune/infer/generate.h"
 #include "lmtune/io/safetensors.h"
 #include "lmtune/model/hf_model_files.h"
+#include "lmtune/model/lora.h"
 #include "lmtune/model/model_factory.h"
 
 namespace {
 
 std::vector<std::vector<int64_t>> read_ids(const char* file) {
   return nlohmann::json::parse(std::ifstream(file)).get<std::vector<std::vector<int64_t>>>();
+}
+
+torch::Tensor ids_tensor(const char* file) {
+  auto ids = read_ids(file);
+  std::vector<int64_t> flat;
+  for (const auto& row : ids) flat.insert(flat.end(), row.begin(), row.end());
+  return torch::tensor(flat).view({static_cast<int64_t>(ids.size()), -1});  // (B, T)
+}
+
+// The next-token loss of idx (B, T) under `logits` (B, T, V).
+torch::Tensor next_token_loss(const torch::Tensor& logits, const torch::Tensor& idx) {
+  namespace I = torch::indexing;
+  return lmtune::lm_loss(logits.index({I::Slice(), I::Slice(I::None, -1)}),
+                         idx.index({I::Slice(), I::Slice(1, I::None)}));
 }
 
 }  // namespace
@@ -31,16 +51,27 @@ int main(int argc, char** argv) {
     if (verb == "logits" && argc == 5) {
       CausalLM model = load_causal_lm(argv[2]);
       model->eval();
-      auto ids = read_ids(argv[3]);
-      std::vector<int64_t> flat;
-      for (const auto& row : ids) flat.insert(flat.end(), row.begin(), row.end());
-      auto idx = torch::tensor(flat).view({static_cast<int64_t>(ids.size()), -1});  // (B, T)
+      auto idx = ids_tensor(argv[3]);
       torch::NoGradGuard no_grad;
       auto logits = model->forward(idx);  // (B, T, V)
-      namespace I = torch::indexing;
-      auto loss = lm_loss(logits.index({I::Slice(), I::Slice(I::None, -1)}),
-                          idx.index({I::Slice(), I::Slice(1, I::None)}));
+      auto loss = next_token_loss(logits, idx);
       write_safetensors(argv[4], {{"logits", logits}});
+      std::cout << nlohmann::json{{"loss", loss.item<double>()}}.dump() << std::endl;
+      return 0;
+    }
+    if (verb == "lora-grads" && argc == 6) {
+      CausalLM model = load_causal_lm(argv[2]);
+      load_adapter(*model, argv[3]);
+      model->eval();  // no dropout; gradients still flow
+      auto idx = ids_tensor(argv[4]);
+      auto logits = model->forward(idx);  // (B, T, V)
+      auto loss = next_token_loss(logits, idx);
+      loss.backward();
+      NamedTensors out{{"logits", logits.detach()}};
+      for (const auto& item : model->named_parameters())
+        if (item.value().requires_grad())
+          out.emplace_back("grad." + item.key(), item.value().grad());
+      write_safetensors(argv[5], out);
       std::cout << nlohmann::json{{"loss", loss.item<double>()}}.dump() << std::endl;
       return 0;
     }
@@ -64,7 +95,8 @@ int main(int argc, char** argv) {
     return e.exit_code();
   }
   std::cerr << "usage: gpt2_probe logits MODEL_DIR IDS_JSON OUT | resave MODEL_DIR OUT_DIR "
-               "[MAX_SHARD_BYTES] | greedy MODEL_DIR IDS_JSON N"
+               "[MAX_SHARD_BYTES] | greedy MODEL_DIR IDS_JSON N | lora-grads MODEL_DIR ADAPTER_DIR "
+               "IDS_JSON OUT"
             << std::endl;
   return 2;
 }

@@ -61,12 +61,20 @@ struct RunConfig {
   }
 };
 
+enum class Quantize { kNone, kInt8, kNf4 };
+template <>
+struct EnumNames<Quantize> {
+  static constexpr EnumTable<Quantize, 3> kTable{
+      {{Quantize::kNone, "none"}, {Quantize::kInt8, "int8"}, {Quantize::kNf4, "nf4"}}};
+};
+
 struct ModelConfig {
   std::string path;       // Hugging Face model directory: config.json, model.safetensors, tokenizer
   std::string tokenizer;  // tokenizer directory; empty = path
   ModelInit init = ModelInit::kPretrained;
   bool gradient_checkpointing = false;  // recompute each block in backward instead of storing it
   int64_t checkpoint_every = 1;  // with gradient_checkpointing: every Nth block is recomputed
+  Quantize quantize = Quantize::kNone;  // the frozen base's linear weights held as int8 or nf4
   // Shape of a model trained from scratch (init: random); GPT-2 124M by default.
   int64_t n_layer = 12;
   int64_t n_head = 12;
@@ -94,6 +102,11 @@ struct ModelConfig {
                               "With gradient_checkpointing: recompute every Nth block (1 = all "
                               "blocks; 2 = every other one, trading memory for speed).")
                             .min(1));
+    v(quantize, Field("quantize",
+                      "Hold the frozen base's linear weights quantized in memory and dequantize "
+                      "them per layer on the fly: int8 (per output row) or nf4 (4-bit NormalFloat "
+                      "in blocks of 64, as bitsandbytes and QLoRA). Needs lora: only adapters "
+                      "train over a quantized base."));
     v(n_layer, Field("n_layer", "Transformer blocks (init: random).").min(1));
     v(n_head, Field("n_head", "Attention heads per block (init: random).").min(1));
     v(n_embd, Field("n_embd", "Width of the residual stream (init: random).").min(1));
@@ -330,6 +343,47 @@ struct LoggingConfig {
   }
 };
 
+struct LoraConfig {
+  bool enabled = false;  // a lora section in the config file turns it on
+  int64_t r = 16;        // rank of each adapter
+  double alpha = 32;     // the adapter's output is scaled by alpha / r (alpha / sqrt(r) rsLoRA)
+  double dropout = 0.05;
+  std::vector<std::string> target_modules;  // PEFT's names; empty = PEFT's default for the model
+  bool use_rslora = false;
+  std::vector<std::string> modules_to_save;  // modules trained in full and saved with the adapter
+  std::string adapter;                       // an adapter directory to continue; empty = fresh
+  bool save_merged = false;                  // also write final/merged: base + adapter, plain HF
+
+  template <class V>
+  void visit(V& v) {
+    v(enabled, Field("enabled",
+                     "Train low-rank adapters (LoRA) over a frozen base instead of every weight. "
+                     "A lora section in the config file turns this on unless it says false."));
+    v(r, Field("r", "Rank of each adapter.").min(1));
+    v(alpha, Field("alpha", "Adapter scale numerator: outputs are scaled by alpha / r.").above(0));
+    v(dropout, Field("dropout", "Dropout on the adapter's input while training.").min(0).max(0.99));
+    v(target_modules,
+      Field("target_modules",
+            "Linear layers that get adapters, by PEFT's module names (a name matches every module "
+            "it ends, e.g. c_attn, q_proj), or all-linear for every one but the output head. "
+            "Empty means PEFT's default: c_attn for GPT-2, q_proj and v_proj for the Llama "
+            "family."));
+    v(use_rslora,
+      Field("use_rslora", "Rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r."));
+    v(modules_to_save,
+      Field("modules_to_save",
+            "Modules trained in full and saved in the adapter (PEFT's modules_to_save), e.g. "
+            "lm_head, embed_tokens, wte, ln_f."));
+    v(adapter, Field("adapter",
+                     "An adapter directory (lmtune's or PEFT's) to continue training; its rank, "
+                     "alpha and targets replace the keys above. Empty starts fresh adapters.")
+                   .path());
+    v(save_merged, Field("save_merged",
+                         "Also write final/merged: the base with the adapter folded in, as a "
+                         "plain Hugging Face model."));
+  }
+};
+
 // The whole config. Sections and keys are listed once, in the visit() functions above.
 struct Config {
   RunConfig run;
@@ -339,6 +393,7 @@ struct Config {
   EvalConfig eval;
   CheckpointConfig checkpoint;
   LoggingConfig logging;
+  LoraConfig lora;
 
   template <class V>
   void visit(V& v) {
@@ -349,6 +404,7 @@ struct Config {
     v.section("eval", eval);
     v.section("checkpoint", checkpoint);
     v.section("logging", logging);
+    v.section("lora", lora);
   }
 };
 
@@ -359,7 +415,7 @@ inline constexpr int64_t kMaxDefaultSeqLen = 1024;
 // One key of the schema, for documentation and for typing --set values.
 struct KeyInfo {
   std::string path;  // dotted, e.g. "train.lr"
-  std::string type;  // integer, number, boolean, string, path, or "a|b|c" for an enum
+  std::string type;  // integer, number, boolean, string, path, list, or "a|b|c" for an enum
   nlohmann::json default_value;
   std::string help;
   std::string range;  // the allowed values of a bounded number ("[0, 0.5]", "> 0"); empty if none

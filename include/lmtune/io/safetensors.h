@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -35,6 +36,10 @@ class SafetensorsFile {
   const SafetensorsEntry* find(const std::string& name) const;
   // A CPU tensor holding a copy of the named tensor's data, in its stored dtype.
   torch::Tensor read(const SafetensorsEntry& entry) const;
+  // The tensor's stored bytes, a view of the mapping (valid while this file is open).
+  std::string_view bytes(const SafetensorsEntry& entry) const {
+    return {reinterpret_cast<const char*>(data_ + entry.begin), entry.end - entry.begin};
+  }
 
  private:
   std::filesystem::path path_;

@@ -52,6 +52,9 @@ class Tokenizer {
 // key) when the files are missing, broken or use a component lmtune does not implement.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& dir);
 
+// Whether `dir` holds any tokenizer file (checked in full by check_tokenizer_files).
+bool has_tokenizer_files(const std::filesystem::path& dir);
+
 // Checks that `dir` holds one of the tokenizer layouts load_tokenizer reads, without reading them.
 // Throws InputError naming the directory or the missing file.
 void check_tokenizer_files(const std::filesystem::path& dir);

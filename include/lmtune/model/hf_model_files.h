@@ -41,6 +41,10 @@ class HfWeights {
   const std::filesystem::path& file_of(const SafetensorsEntry& entry) const;
   // Every tensor name, in file order.
   std::vector<std::string> names() const;
+  // A short hex digest that tells this model's weights from others': every tensor's name, dtype
+  // and shape, and the first and last 4 KiB of its bytes (reading all of a large model would
+  // take seconds; two different models differ within those bytes).
+  std::string fingerprint() const;
   // The file to name in a message about the weights as a whole.
   const std::filesystem::path& source() const { return source_; }
 

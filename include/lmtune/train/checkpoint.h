@@ -14,6 +14,7 @@
 #include "lmtune/data/dataset.h"
 #include "lmtune/model/causal_lm.h"
 #include "lmtune/train/optim.h"
+#include "lmtune/train/setup.h"
 
 namespace lmtune {
 
@@ -23,6 +24,7 @@ class Tokenizer;
 inline constexpr int kCheckpointFormatVersion = 1;
 
 // Everything besides weights and optimizer moments that a resumed run needs to continue exactly.
+// Optional fields may be missing from older checkpoints.
 struct TrainerState {
   int64_t step = 0;             // optimizer steps done
   BatchPosition data_position;  // where the batcher stands in the shuffled order
@@ -39,6 +41,8 @@ struct TrainerState {
   double elapsed_s = 0;   // training time before this checkpoint
   nlohmann::json config;  // the resolved config
   std::string config_hash;
+  // With adapters: HfWeights::fingerprint() of the frozen base they were trained on.
+  std::optional<std::string> base_fingerprint;
 
   // Every field once, with its place in trainer_state.json (a JSON pointer): to_json and from_json
   // both walk this list, so a new field is one line here.
@@ -60,6 +64,7 @@ struct TrainerState {
     v(elapsed_s, "/elapsed_s");
     v(config, "/config");
     v(config_hash, "/config_hash");
+    v(base_fingerprint, "/base/fingerprint");
   }
 
   nlohmann::json to_json() const;
@@ -78,10 +83,12 @@ std::filesystem::path checkpoint_dir(const std::filesystem::path& run_dir, int64
 
 // Writes checkpoints/step-XXXXXXXX in a temporary directory (every file fsynced, COMPLETE with a
 // checksum of each file written last), then renames it into place. A failure (a full disk)
-// throws Error and leaves every earlier checkpoint untouched.
+// throws Error and leaves every earlier checkpoint untouched. The model part is the whole model
+// in HF layout, or with `adapter` only the adapter (PEFT's layout) and the modules it trains.
 std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, const CausalLM& model,
                                       const Tokenizer& tokenizer, const AdamW& optimizer,
-                                      const TrainerState& state);
+                                      const TrainerState& state,
+                                      const AdapterSetup* adapter = nullptr);
 
 // Reads and validates a checkpoint directory: COMPLETE present, every checksum matching,
 // trainer_state.json readable. Throws InputError saying what is wrong.
@@ -95,9 +102,10 @@ std::filesystem::path find_resume_checkpoint(const std::filesystem::path& run_or
 // are not verified), or nullopt when there is none.
 std::optional<int64_t> newest_complete_step(const std::filesystem::path& run_dir);
 
-// Copies the checkpoint's weights into `model` and moments into `optimizer` (any device).
+// Copies the checkpoint's weights (the whole model, or with `adapter` the adapter's) into `model`
+// and moments into `optimizer` (any device).
 void load_checkpoint_weights(const std::filesystem::path& dir, const CausalLM& model,
-                             AdamW& optimizer);
+                             AdamW& optimizer, const AdapterSetup* adapter = nullptr);
 
 // The config keys whose saved and new values differ and that change the maths of training (the
 // run cannot resume with them), and those that may change (returned separately for logging).

@@ -3,6 +3,8 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
+#include <string>
 #include <string_view>
 
 #include <torch/torch.h>
@@ -10,6 +12,7 @@
 #include "lmtune/core/config.h"
 #include "lmtune/io/tokenizer.h"
 #include "lmtune/model/causal_lm.h"
+#include "lmtune/model/lora.h"
 
 namespace lmtune {
 
@@ -22,9 +25,26 @@ std::filesystem::path tokenizer_dir(const Config& config);
 // The token cache root: data.cache_dir, else the machine's cache (machine_cache_dir()/tokens).
 std::filesystem::path cache_root(const Config& config);
 
+// A run's adapter: how it was made and the base it belongs to, for checkpoints and final/.
+struct AdapterSetup {
+  LoraSpec spec;
+  AdapterSummary summary;
+  std::string base_model;  // model.path
+};
+
+// The model a config names, on `device`.
+struct BuiltModel {
+  CausalLM model;
+  std::optional<AdapterSetup> adapter;  // with lora.enabled
+};
+
 // The model a config names, in fp32 on `device`: loaded from model.path, or freshly initialised
-// from the shape keys and run.seed with model.init: random. Checks it fits the tokenizer and
+// from the shape keys and run.seed with model.init: random. With lora.enabled the base is frozen
+// and carries fresh adapters, or those of lora.adapter. Checks it fits the tokenizer and
 // data.seq_len.
-CausalLM build_model(const Config& config, const Tokenizer& tokenizer, torch::Device device);
+BuiltModel build_model(const Config& config, const Tokenizer& tokenizer, torch::Device device);
+
+// The LoRA settings of the config's lora section.
+LoraSpec lora_spec(const LoraConfig& lora);
 
 }  // namespace lmtune

@@ -16,6 +16,7 @@
 #include "lmtune/train/loss_scaler.h"
 #include "lmtune/train/metrics.h"
 #include "lmtune/train/optim.h"
+#include "lmtune/train/setup.h"
 #include "lmtune/train/training_step.h"
 
 namespace lmtune {
@@ -49,6 +50,7 @@ class Trainer {
 
  private:
   void prepare_run_directory();
+  void log_adapter();
   void resume();
   TrainingStep::Result train_step(double lr);
   void setup_memory_levers();
@@ -67,6 +69,7 @@ class Trainer {
   torch::Device device_{torch::kCPU};
   std::unique_ptr<Tokenizer> tokenizer_;
   CausalLM model_;
+  std::optional<AdapterSetup> adapter_;  // with lora.enabled
   std::optional<PreparedData> data_;
   std::unique_ptr<Batcher> batcher_;
   std::unique_ptr<AdamW> optimizer_;
