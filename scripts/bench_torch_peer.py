@@ -9,9 +9,13 @@ the whole vocabulary in fp32, backward, clipping at 1.0 and torch.optim.AdamW wi
 kernel, as `lmtune bench` does. (../shared/bench/reference_gpt2.py bench is the CPU peer; it
 runs on the CPU only.)
 
+With --lora-r R the model is wrapped by PEFT (LoraConfig r=R, lora_alpha=2R, target_modules
+all-linear, no dropout), as `lmtune bench --lora-r R` trains it: the base frozen, AdamW over the
+adapters.
+
 Usage: bench_torch_peer.py [--arch gpt2|llama --n-layer 6 --n-head 6 --n-embd 384 --n-kv-head 0
                             --mlp-width 0 --vocab 50257 --batch 8 --seq 256 --steps 10
-                            --warmup 3 --precision bf16 --device cuda --threads 1]
+                            --warmup 3 --precision bf16 --device cuda --threads 1 --lora-r 0]
 """
 import argparse
 import json
@@ -27,7 +31,7 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in (("n-layer", 6), ("n-head", 6), ("n-embd", 384), ("vocab", 50257),
                           ("batch", 8), ("seq", 256), ("steps", 10), ("warmup", 3),
-                          ("threads", 1), ("n-kv-head", 0), ("mlp-width", 0)):
+                          ("threads", 1), ("n-kv-head", 0), ("mlp-width", 0), ("lora-r", 0)):
         parser.add_argument("--" + name, type=int, default=default)
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="bf16")
     parser.add_argument("--device", default="cuda")
@@ -52,7 +56,12 @@ def main():
                             eos_token_id=a.vocab - 1)
         model_class = GPT2LMHeadModel
     model = model_class._from_config(config, attn_implementation="sdpa").to(device).train()
-    params = list(model.parameters())
+    if a.lora_r:
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r,
+                                                 lora_dropout=0.0, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM")).train()
+    params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
@@ -89,7 +98,8 @@ def main():
     seconds = time.perf_counter() - start
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
     print(json.dumps({"impl": "pytorch-transformers-peer", "torch": torch.__version__,
-                      "arch": a.arch, "device": str(device), "threads": a.threads, "precision": a.precision, "batch": a.batch,
+                      "arch": a.arch, "device": str(device), "threads": a.threads,
+                      "precision": a.precision, "batch": a.batch, "lora_r": a.lora_r,
                       "seq": a.seq, "parameters": sum(p.numel() for p in params),
                       "step_ms": 1000 * seconds / a.steps,
                       "tokens_per_sec": a.batch * a.seq * a.steps / seconds,

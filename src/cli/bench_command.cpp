@@ -14,6 +14,7 @@ struct BenchArgs {
   std::string precision = "bf16";
   std::string device = "auto";
   std::string chunked_loss = "auto";
+  std::string quantize = "none";
 };
 
 void add_shape_options(CLI::App& command, BenchOptions& o) {
@@ -40,6 +41,12 @@ void add_shape_options(CLI::App& command, BenchOptions& o) {
   command.add_option("--threads", o.threads, "LibTorch threads; 0 = every core")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  command
+      .add_option("--lora-r", o.lora_r,
+                  "LoRA: adapters of this rank (alpha 2r) on every linear layer but the output "
+                  "head, base frozen; 0 trains every weight")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
 }
 
 }  // namespace
@@ -63,6 +70,11 @@ void add_bench_command(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
   command
+      ->add_option("--quantize", args->quantize,
+                   "With --lora-r: the frozen base's linear weights held as none, int8 or nf4")
+      ->check(CLI::IsMember({"none", "int8", "nf4"}))
+      ->capture_default_str();
+  command
       ->add_option("--chunked-loss", args->chunked_loss,
                    "The loss in chunks of tokens: auto (the trainer's rule), on or off")
       ->check(CLI::IsMember({"auto", "on", "off"}))
@@ -79,6 +91,10 @@ void add_bench_command(CLI::App& app) {
     o.precision = *enum_from_name<Precision>(args->precision);
     o.device = *enum_from_name<Device>(args->device);
     o.chunked_loss = *enum_from_name<ChunkedLoss>(args->chunked_loss);
+    o.quantize = *enum_from_name<Quantize>(args->quantize);
+    if (o.quantize != Quantize::kNone && o.lora_r == 0)
+      throw UsageError(std::string("--quantize ") + args->quantize +
+                       " needs --lora-r: a quantized base is frozen and only adapters train");
     std::cout << bench_json(o, run_bench(o)).dump() << std::endl;
   });
 }

@@ -660,6 +660,9 @@ void check_lora_rules(const Config& c, Problems& p) {
                std::string(enum_name(c.model.quantize)) +
                    " needs lora: a quantized base is frozen and only adapters train; add a lora "
                    "section (or --set lora.enabled=true), or set model.quantize: none");
+  if (c.model.double_quant && c.model.quantize != Quantize::kNf4 && p.ok("model.double_quant"))
+    p.add_rule("model.double_quant", {"model.quantize"},
+               "applies to model.quantize: nf4 only (it quantizes nf4's block absmax values)");
   if (!c.lora.enabled) {
     if (!c.lora.adapter.empty() && p.ok("lora.adapter"))
       p.add_rule("lora.adapter", {"lora.enabled"}, "is set but lora.enabled is false");

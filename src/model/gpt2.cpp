@@ -112,7 +112,7 @@ torch::Tensor GPT2Impl::output_weight() const {
   return config_.tie_word_embeddings ? wte->weight : lm_head->weight;
 }
 
-std::vector<torch::Tensor> GPT2Impl::embedding_parameters() {
+std::vector<torch::Tensor> GPT2Impl::embedding_parameters() const {
   return {wte->weight, wpe->weight};
 }
 

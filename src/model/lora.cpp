@@ -371,6 +371,16 @@ void load_adapter_weights(CausalLMImpl& model, const LoraSpec& /*spec*/, const f
   load_saved_modules(model, tensors, path.string());
 }
 
+int64_t quantize_base(CausalLMImpl& model, QuantType type, bool double_quant) {
+  int64_t bytes = 0;
+  for (auto& site : projection_sites(model)) {
+    if (site.output_head) continue;
+    site.projection->quantize(type, double_quant);
+    bytes += site.projection->quantized_weight().bytes();
+  }
+  return bytes;
+}
+
 void merge_lora(CausalLMImpl& model) {
   for (auto& site : projection_sites(model)) site.projection->merge_lora();
 }

@@ -14,6 +14,7 @@
 #include "lmtune/model/bf16_emulation.h"
 #include "lmtune/model/gpt2.h"
 #include "lmtune/model/llama.h"
+#include "lmtune/model/lora.h"
 #include "lmtune/train/evaluate.h"
 #include "lmtune/train/memory.h"
 #include "lmtune/train/optim.h"
@@ -107,12 +108,21 @@ double training_flops_per_token(const CausalLMImpl& model, int64_t seq) {
   const ModelSpec& spec = model.spec();
   // Embedding lookups cost no FLOPs: position embeddings never count, token embeddings only as
   // the output projection they double as when tied.
-  int64_t n = -spec.position_parameters;
-  if (!spec.tie_word_embeddings) n -= spec.vocab_size * spec.hidden_size;
-  for (const auto& p : model.parameters()) n += p.numel();
+  const auto embeddings = model.embedding_parameters();
+  double flops = 0;
+  for (const auto& p : model.parameters()) {
+    if (p.is_same(embeddings.front()) && !spec.tie_word_embeddings) continue;  // a lookup
+    if (embeddings.size() > 1 && p.is_same(embeddings.back())) continue;       // positions
+    flops += (p.requires_grad() ? 6.0 : 4.0) * static_cast<double>(p.numel());
+  }
+  for (const auto& module : model.modules()) {  // a quantized weight is no parameter, and frozen
+    auto projection = std::dynamic_pointer_cast<ProjectionImpl>(module);
+    if (projection && projection->is_quantized())
+      flops += 4.0 * static_cast<double>(projection->in_features() * projection->out_features());
+  }
   const double attention = 12.0 * static_cast<double>(spec.n_layer * spec.n_head * spec.head_dim) *
                            static_cast<double>(seq);
-  return 6.0 * static_cast<double>(n) + attention;
+  return flops + attention;
 }
 
 double matmul_tflops(Precision precision, torch::Device device, int64_t n, double seconds,
@@ -147,6 +157,16 @@ BenchResult run_bench(const BenchOptions& o) {
   torch::manual_seed(0);
 
   CausalLM model = bench_model(o);
+  if (o.quantize != Quantize::kNone)
+    quantize_base(*model, quant_type(o.quantize), /*double_quant=*/false);
+  if (o.lora_r > 0) {
+    LoraSpec lora;
+    lora.r = o.lora_r;
+    lora.alpha = 2.0 * static_cast<double>(o.lora_r);
+    lora.dropout = 0;
+    lora.target_modules = {"all-linear"};
+    attach_lora(*model, lora);
+  }
   model->to(device);
   model->train();
   AdamW optimizer(decay_groups(*model, /*weight_decay=*/0.1), AdamWOptions{});
@@ -161,7 +181,7 @@ BenchResult run_bench(const BenchOptions& o) {
       StepSettings{o.precision, device, resolve_loss_chunk_tokens(train, o.seq, o.vocab, device),
                    /*max_grad_norm=*/1.0});
   const std::vector<Batch> batch = {synthetic_batch(o, device)};
-  for (const auto& p : step.parameters()) result.parameters += p.numel();
+  for (const auto& p : step.parameters()) result.parameters += p.numel();  // trainable
   auto run_step = [&] { return step.run(batch, /*lr=*/3e-4).loss; };
 
   const MatmulPeak before = measure_matmul_peak(o.precision, device);
@@ -213,6 +233,8 @@ nlohmann::json bench_json(const BenchOptions& o, const BenchResult& r) {
           {"warmup", o.warmup},
           {"parameters", r.parameters},
           {"loss_chunk_tokens", r.loss_chunk_tokens},
+          {"lora_r", o.lora_r},
+          {"quantize", enum_name(o.quantize)},
           {"step_ms", r.step_ms},
           {"tokens_per_sec", r.tokens_per_sec},
           {"flops_per_token", r.flops_per_token},

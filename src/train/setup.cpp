@@ -45,6 +45,17 @@ AdapterSetup attach_adapters(const Config& config, CausalLMImpl& model) {
 
 }  // namespace
 
+QuantType quant_type(Quantize quantize) {
+  switch (quantize) {
+    case Quantize::kInt8:
+      return QuantType::kInt8;
+    case Quantize::kNf4:
+      return QuantType::kNf4;
+    default:
+      return QuantType::kNone;
+  }
+}
+
 LoraSpec lora_spec(const LoraConfig& lora) {
   LoraSpec spec;
   spec.r = lora.r;
@@ -59,8 +70,10 @@ LoraSpec lora_spec(const LoraConfig& lora) {
 BuiltModel build_model(const Config& config, const Tokenizer& tokenizer, torch::Device device) {
   CausalLM model;
   std::string origin;
+  const bool quantized = config.model.quantize != Quantize::kNone;
   if (config.model.init == ModelInit::kPretrained) {
-    model = load_causal_lm(config.model.path, device);
+    // A base to quantize is read into host memory first: the device never holds it in fp32.
+    model = load_causal_lm(config.model.path, quantized ? torch::Device(torch::kCPU) : device);
     origin = config.model.path;
   } else {
     GPT2Config shape;
@@ -87,10 +100,11 @@ BuiltModel build_model(const Config& config, const Tokenizer& tokenizer, torch::
                        std::to_string(c.context) + " tokens), got " +
                        std::to_string(config.data.seq_len)});
   BuiltModel built{model, std::nullopt};
-  if (config.lora.enabled) {
-    built.adapter = attach_adapters(config, *model);
-    model->to(device);
-  }
+  if (quantized)
+    built.quantized_bytes =
+        quantize_base(*model, quant_type(config.model.quantize), config.model.double_quant);
+  if (config.lora.enabled) built.adapter = attach_adapters(config, *model);
+  model->to(device);
   return built;
 }
 

@@ -94,6 +94,10 @@ void Trainer::setup() {
   model_ = built.model;
   adapter_ = std::move(built.adapter);
   if (adapter_) log_adapter();
+  if (built.quantized_bytes > 0)
+    progress_->message(fmt::format("model.quantize: {}: the base's linear weights take {:.1f} MB",
+                                   enum_name(config_.model.quantize),
+                                   static_cast<double>(built.quantized_bytes) / (1 << 20)));
   setup_memory_levers();
   data_ = prepare_data(config_.data, *tokenizer_, cache_root(config_));
   log_prepare_report(data_->report);

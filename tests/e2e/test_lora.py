@@ -172,13 +172,26 @@ def test_train_continues_a_peft_adapter_and_eval_and_generate_take_it(tmp_path):
     assert generate("--model", final) == generate("--model", base, "--adapter", final)
 
 
-def test_a_lora_checkpoint_holds_only_the_adapter_and_resumes_bit_exactly(tmp_path):
+@pytest.mark.parametrize("quantize", ["none", "int8", "nf4-double"])
+def test_a_lora_checkpoint_holds_only_the_adapter_and_resumes_bit_exactly(tmp_path, quantize):
     (tmp_path / "train.txt").write_text(shakespeare(20_000))
     base = make_tiny_model(tmp_path / "base", dropout=0.1)
     lora = {"target_modules": ["c_attn", "c_proj"], "dropout": 0.1}
-    reference = lora_config(tmp_path, base, lora, max_steps=8)
+
+    def lora_config_quantized(*args, **kwargs):
+        config = lora_config(*args, **kwargs)
+        config["model"]["quantize"] = quantize.split("-")[0]
+        config["model"]["double_quant"] = quantize.endswith("-double")
+        return config
+
+    reference = lora_config_quantized(tmp_path, base, lora, max_steps=8)
     reference["run"]["output_dir"] = str(tmp_path / "reference")
-    train(tmp_path, reference)
+    result = train(tmp_path, reference)
+    if quantize != "none":
+        assert "model.quantize: " + quantize.split("-")[0] in result.stderr
+    losses_logged = [json.loads(l)["loss"] for l in (tmp_path / "reference" / "metrics.jsonl")
+                     .read_text().splitlines() if '"loss"' in l]
+    assert losses_logged[-1] < losses_logged[0]
 
     checkpoint = tmp_path / "reference" / "checkpoints" / "step-00000008"
     assert not (checkpoint / "model.safetensors").exists()
@@ -189,7 +202,7 @@ def test_a_lora_checkpoint_holds_only_the_adapter_and_resumes_bit_exactly(tmp_pa
     assert moments and all(".lora_A." in k or ".lora_B." in k for k in moments)
     assert len(moments) == 3 * len(adapter)
 
-    path = write(tmp_path / "c.json", lora_config(tmp_path, base, lora, max_steps=8))
+    path = write(tmp_path / "c.json", lora_config_quantized(tmp_path, base, lora, max_steps=8))
     process = signal_when(["train", path], "step 5/8", signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
@@ -226,6 +239,7 @@ def test_resuming_against_a_different_base_is_refused_in_one_line(tmp_path):
                                   "gpt2 model; its layers are c_attn, c_fc, c_proj"),
     ("save_matches_nothing", 2, "lora.modules_to_save: 'lm_head' matches no module"),
     ("quantized_without_lora", 2, "model.quantize: nf4 needs lora"),
+    ("double_quant_without_nf4", 2, "model.double_quant: applies to model.quantize: nf4 only"),
     ("adapter_of_other_architecture", 3, "this gpt2 model has no linear layer "
                                          "'model.layers.0.self_attn.q_proj'"),
     ("adapter_of_other_shape", 3, "has shape [4, 48], the model needs [4, 32]"),
@@ -245,6 +259,9 @@ def test_bad_adapters_and_settings_get_one_line_and_the_right_exit_code(tmp_path
     elif case == "quantized_without_lora":
         del config["lora"]
         config["model"]["quantize"] = "nf4"
+    elif case == "double_quant_without_nf4":
+        config["model"]["quantize"] = "int8"
+        config["model"]["double_quant"] = True
     elif case == "adapter_of_other_architecture":
         llama, _ = make_model(tmp_path / "llama", "qwen2")
         make_peft_adapter(llama, adapter, r=4, target_modules=["q_proj"])

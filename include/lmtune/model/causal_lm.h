@@ -64,7 +64,7 @@ class CausalLMImpl : public torch::nn::Module {
 
   // What freezing touches: the embedding parameters (token, and position where there is one),
   // with their names for the log, and each block.
-  virtual std::vector<torch::Tensor> embedding_parameters() = 0;
+  virtual std::vector<torch::Tensor> embedding_parameters() const = 0;
   virtual std::string embedding_names() const = 0;
   virtual std::shared_ptr<torch::nn::Module> block(int64_t index) = 0;
   // The name of the block list in parameter names: "h" (h.0.attn...) or "layers".

@@ -100,7 +100,7 @@ class GPT2Impl : public CausalLMImpl {
 
   torch::Tensor output_weight() const override;  // wte for tied embeddings, lm_head otherwise
   const ModelSpec& spec() const override { return spec_; }
-  std::vector<torch::Tensor> embedding_parameters() override;
+  std::vector<torch::Tensor> embedding_parameters() const override;
   std::string embedding_names() const override;
   std::shared_ptr<torch::nn::Module> block(int64_t index) override { return h[index]; }
   const char* blocks_name() const override { return "h"; }

@@ -129,7 +129,9 @@ class LlamaImpl : public CausalLMImpl {
 
   torch::Tensor output_weight() const override;
   const ModelSpec& spec() const override { return spec_; }
-  std::vector<torch::Tensor> embedding_parameters() override { return {embed_tokens->weight}; }
+  std::vector<torch::Tensor> embedding_parameters() const override {
+    return {embed_tokens->weight};
+  }
   std::string embedding_names() const override;
   std::shared_ptr<torch::nn::Module> block(int64_t index) override { return layers[index]; }
   const char* blocks_name() const override { return "layers"; }

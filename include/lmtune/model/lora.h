@@ -1,7 +1,8 @@
 // LoRA adapters on a model's projections: choosing the targets by PEFT's module names, attaching
-// and merging them, and adapter directories in PEFT's format (adapter_config.json and
-// adapter_model.safetensors, which peft.PeftModel.from_pretrained loads). Errors in files are
-// InputError naming the file (exit 3); a target that matches nothing is ConfigError (exit 2).
+// and merging them, quantizing the frozen base under them, and adapter directories in PEFT's format
+// (adapter_config.json and adapter_model.safetensors, which peft.PeftModel.from_pretrained loads).
+// Errors in files are InputError naming the file (exit 3); a target that matches nothing is
+// ConfigError (exit 2).
 #pragma once
 
 #include <cstdint>
@@ -13,6 +14,7 @@
 
 #include "lmtune/io/safetensors.h"
 #include "lmtune/model/causal_lm.h"
+#include "lmtune/model/quantize.h"
 
 namespace lmtune {
 
@@ -85,6 +87,10 @@ AdapterSummary load_adapter(CausalLMImpl& model, const std::filesystem::path& di
 // a checkpoint): every adapter and saved-module tensor must be there with its shape.
 void load_adapter_weights(CausalLMImpl& model, const LoraSpec& spec,
                           const std::filesystem::path& file);
+
+// Quantizes the weight of every projection but the output head (as QLoRA and bitsandbytes leave
+// lm_head dense); returns the bytes the quantized weights take.
+int64_t quantize_base(CausalLMImpl& model, QuantType type, bool double_quant);
 
 // Folds every adapter into its base weight (W += scaling * B A) and removes the adapters.
 void merge_lora(CausalLMImpl& model);

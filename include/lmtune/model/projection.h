@@ -8,6 +8,8 @@
 
 #include <torch/torch.h>
 
+#include "lmtune/model/quantize.h"
+
 namespace lmtune {
 
 // A linear projection with HF's parameter names: weight (out, in) and, optionally, bias (out).
@@ -27,10 +29,17 @@ class ProjectionImpl : public torch::nn::Module {
   void add_lora(int64_t r, double scaling, double dropout);
   bool has_lora() const { return lora_A.defined(); }
   double lora_scaling() const { return lora_scaling_; }
-  // Folds the adapter into the weight (W += scaling * B A) and removes it.
+  // Folds the adapter into the weight (W += scaling * B A) and removes it. Not for a quantized
+  // weight: merge into the base as stored (model/lora.h write_merged_model).
   void merge_lora();
 
-  torch::Tensor weight;  // (out, in)
+  // Replaces the weight by its quantized form, frozen: registered buffers (so that to() moves
+  // them), no weight parameter. The bias stays as it is.
+  void quantize(QuantType type, bool double_quant);
+  bool is_quantized() const { return quantized_.type != QuantType::kNone; }
+  const QuantizedWeight& quantized_weight() const { return quantized_; }
+
+  torch::Tensor weight;  // (out, in); undefined when quantized
   torch::Tensor bias;    // (out), or undefined
   torch::Tensor lora_A;  // (r, in), or undefined
   torch::Tensor lora_B;  // (out, r), or undefined
@@ -39,6 +48,7 @@ class ProjectionImpl : public torch::nn::Module {
   int64_t in_, out_;
   double lora_scaling_ = 0;
   double lora_dropout_ = 0;
+  QuantizedWeight quantized_;  // type kNone: the weight is the dense parameter
 };
 TORCH_MODULE(Projection);
 

@@ -32,6 +32,8 @@ struct BenchOptions {
   Device device = Device::kAuto;
   ChunkedLoss chunked_loss = ChunkedLoss::kAuto;                // as train.chunked_loss
   int64_t loss_chunk_tokens = TrainConfig{}.loss_chunk_tokens;  // as train.loss_chunk_tokens
+  int64_t lora_r = 0;  // > 0: LoRA of this rank (alpha 2r) on every linear layer, base frozen
+  Quantize quantize = Quantize::kNone;  // the frozen base's linear weights (with lora_r > 0)
 };
 
 struct BenchResult {
@@ -56,7 +58,8 @@ struct BenchResult {
 // them: 6N for the N parameters other than embeddings (2 forward + 4 backward per weight; a token
 // embedding tied to the output head counts once, as the head), plus attention's QK^T and
 // AV over the full T x T square: 2 matmuls x 2 FLOPs x T x (H x D) per token and layer forward,
-// x3 with backward = 12 L H D T.
+// x3 with backward = 12 L H D T. A frozen weight (under LoRA) counts 4: forward, and the backward
+// product that carries the gradient to the layers below, but no gradient of its own.
 double training_flops_per_token(const CausalLMImpl& model, int64_t seq);
 
 // Measured TFLOP/s of an n x n x n matmul in `precision` on `device`, as the model runs it

@@ -36,6 +36,7 @@ struct AdapterSetup {
 struct BuiltModel {
   CausalLM model;
   std::optional<AdapterSetup> adapter;  // with lora.enabled
+  int64_t quantized_bytes = 0;          // with model.quantize: what the base's linear weights take
 };
 
 // The model a config names, in fp32 on `device`: loaded from model.path, or freshly initialised
@@ -43,6 +44,9 @@ struct BuiltModel {
 // and carries fresh adapters, or those of lora.adapter. Checks it fits the tokenizer and
 // data.seq_len.
 BuiltModel build_model(const Config& config, const Tokenizer& tokenizer, torch::Device device);
+
+// model.quantize as the model layer names it.
+QuantType quant_type(Quantize quantize);
 
 // The LoRA settings of the config's lora section.
 LoraSpec lora_spec(const LoraConfig& lora);
