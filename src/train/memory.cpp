@@ -2,6 +2,8 @@
 
 #include <sys/resource.h>
 
+#include <fstream>
+
 #include <ATen/Context.h>
 #include <ATen/DeviceAccelerator.h>
 
@@ -19,6 +21,14 @@ double peak_memory_mb(torch::Device device) {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) * 1024.0 / kMiB;  // ru_maxrss is in KiB on Linux
+}
+
+void reset_peak_memory(torch::Device device) {
+  if (device.is_cuda()) {
+    at::accelerator::resetPeakStats(device.has_index() ? device.index() : 0);
+    return;
+  }
+  std::ofstream("/proc/self/clear_refs") << "5";  // resets VmHWM to the current RSS
 }
 
 }  // namespace lmtune

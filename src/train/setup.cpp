@@ -1,6 +1,7 @@
 #include "lmtune/train/setup.h"
 
 #include "lmtune/core/errors.h"
+#include "lmtune/core/host_allocator.h"
 #include "lmtune/core/runtime.h"
 #include "lmtune/model/gpt2.h"
 #include "lmtune/model/model_factory.h"
@@ -100,9 +101,11 @@ BuiltModel build_model(const Config& config, const Tokenizer& tokenizer, torch::
                        std::to_string(c.context) + " tokens), got " +
                        std::to_string(config.data.seq_len)});
   BuiltModel built{model, std::nullopt};
-  if (quantized)
+  if (quantized) {
     built.quantized_bytes =
         quantize_base(*model, quant_type(config.model.quantize), config.model.double_quant);
+    trim_host_cache();  // the fp32 weights are gone: their memory goes back to the system
+  }
   if (config.lora.enabled) built.adapter = attach_adapters(config, *model);
   model->to(device);
   return built;

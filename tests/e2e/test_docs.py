@@ -43,6 +43,12 @@ VALUES_NEEDING_A_GPU = {
     ("train.precision", "fp16"): "fp16 is CUDA only; `lmtune config` refuses it without a GPU",
     ("run.device", "cuda"): "`lmtune config` refuses it where no GPU is visible",
 }
+# Values `lmtune config` accepts only together with other keys: those --set alongside.
+VALUES_NEEDING_KEYS = {
+    ("model.quantize", "int8"): ["lora.enabled=true"],
+    ("model.quantize", "nf4"): ["lora.enabled=true"],
+    ("model.double_quant", "true"): ["lora.enabled=true", "model.quantize=nf4"],
+}
 # Placeholders the docs write where a value goes.
 PLACEHOLDER_VALUES = {"N", "f", "DIR", "VALUE", "..."}
 # Repository folders whose paths the docs name.
@@ -401,7 +407,9 @@ def test_every_value_the_docs_give_a_key_is_accepted_by_lmtune_config(small_conf
     for name, value in sorted(pairs):
         if (name, value) in VALUES_NEEDING_A_GPU and not cuda_visible():
             continue
-        result = run_lmtune("config", small_config, "--set", f"{name}={value}")
+        extra = [arg for other in VALUES_NEEDING_KEYS.get((name, value), [])
+                 for arg in ("--set", other)]
+        result = run_lmtune("config", small_config, "--set", f"{name}={value}", *extra)
         if result.returncode != 0:
             refused.append(f"{name}={value}: {result.stderr.strip()}")
     assert refused == []

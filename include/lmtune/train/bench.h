@@ -47,11 +47,11 @@ struct BenchResult {
   double peak_tflops = 0;             // the best matmul of the step's precision on this device
   double libtorch_matmul_tflops = 0;  // LibTorch's own kernel for that dtype (no emulation)
   double mfu = 0;                     // achieved / peak
-  double peak_memory_mb = 0;
-  bool host_cache = false;         // whether lmtune's caching CPU allocator was in place
-  double host_cache_hit_rate = 0;  // share of the timed steps' large CPU allocations it served
-  double final_loss = 0;           // mean loss of the last step (nats per token)
-  int64_t loss_chunk_tokens = 0;   // 0 = plain loss, as the trainer resolves it by default
+  double peak_memory_mb = 0;          // of the training steps (warmup included), not of the setup
+  bool host_cache = false;            // whether lmtune's caching CPU allocator was in place
+  double host_cache_hit_rate = 0;     // share of the timed steps' large CPU allocations it served
+  double final_loss = 0;              // mean loss of the last step (nats per token)
+  int64_t loss_chunk_tokens = 0;      // 0 = plain loss, as the trainer resolves it by default
 };
 
 // Training FLOPs per token of `model` at `seq` tokens per sequence, as nanoGPT and PaLM count
