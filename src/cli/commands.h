@@ -23,6 +23,7 @@ void add_bench_command(CLI::App& app);
 void add_config_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_merge_command(CLI::App& app);
+void add_plan_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_prepare_command(CLI::App& app);

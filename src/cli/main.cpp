@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   cli::add_config_command(app);
   cli::add_generate_command(app);
   cli::add_merge_command(app);
+  cli::add_plan_command(app);
   cli::add_train_command(app);
   cli::add_eval_command(app);
   cli::add_prepare_command(app);

@@ -224,6 +224,10 @@ class SectionReader {
   }
 
   static std::optional<std::string> read(const json& node, int64_t& value, const Field& field) {
+    if (field.allows_auto() && node == "auto") {
+      value = 0;
+      return std::nullopt;
+    }
     if (node.is_number_integer()) {
       value = node.get<int64_t>();
     } else if (node.is_number_float() && std::isfinite(node.get<double>()) &&
@@ -231,7 +235,9 @@ class SectionReader {
                std::fabs(node.get<double>()) < 9.0e15) {
       value = static_cast<int64_t>(node.get<double>());
     } else {
-      return "expected an integer, got " + describe(node);
+      return std::string(field.allows_auto() ? "expected an integer or auto"
+                                             : "expected an integer") +
+             ", got " + describe(node);
     }
     return check_range(static_cast<double>(value), field);
   }
@@ -326,9 +332,11 @@ class TreeReader {
 };
 
 template <class T>
-json to_json_value(const T& value) {
+json to_json_value(const T& value, const Field& field) {
   if constexpr (IsConfigEnum<T>::value) {
     return std::string(enum_name(value));
+  } else if constexpr (std::is_same_v<T, int64_t>) {
+    return field.allows_auto() && value == 0 ? json("auto") : json(value);
   } else {
     return value;
   }
@@ -344,7 +352,7 @@ class TreeWriter {
   }
   template <class T>
   void operator()(T& value, const Field& field) {
-    (*current_)[field.name()] = to_json_value(value);
+    (*current_)[field.name()] = to_json_value(value, field);
   }
 
   json tree = json::object();
@@ -356,7 +364,7 @@ class TreeWriter {
 template <class T>
 std::string type_name(const Field& field) {
   if constexpr (std::is_same_v<T, int64_t>) {
-    return "integer";
+    return field.allows_auto() ? "integer or auto" : "integer";
   } else if constexpr (std::is_same_v<T, double>) {
     return "number";
   } else if constexpr (std::is_same_v<T, bool>) {
@@ -391,8 +399,8 @@ class KeyLister {
   }
   template <class T>
   void operator()(T& value, const Field& field) {
-    keys.push_back({prefix_ + field.name(), type_name<T>(field), to_json_value(value), field.help(),
-                    range_text(field)});
+    keys.push_back({prefix_ + field.name(), type_name<T>(field), to_json_value(value, field),
+                    field.help(), range_text(field)});
   }
 
   std::vector<KeyInfo> keys;

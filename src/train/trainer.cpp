@@ -14,6 +14,7 @@
 #include "lmtune/model/hf_model_files.h"
 #include "lmtune/train/freeze.h"
 #include "lmtune/train/memory.h"
+#include "lmtune/train/plan.h"
 #include "lmtune/train/setup.h"
 #include "lmtune/train/signals.h"
 
@@ -88,7 +89,9 @@ void Trainer::setup() {
   spdlog::info("device {}, {} thread(s), precision {}", device_.str(), threads,
                enum_name(config_.train.precision));
 
+  const std::string micro_batch = resolve_auto_micro_batch(config_, device_, resume_from_);
   prepare_run_directory();
+  if (!micro_batch.empty()) progress_->message(micro_batch);
   tokenizer_ = load_tokenizer(tokenizer_dir(config_));
   BuiltModel built = build_model(config_, *tokenizer_, device_);
   model_ = built.model;
@@ -259,7 +262,12 @@ TrainingStep::Result Trainer::train_step(double lr) {
     batches.push_back(batcher_->next());
     state_.tokens_seen += batches.back().inputs.numel();
   }
-  TrainingStep::Result result = training_step_->run(batches, lr);
+  TrainingStep::Result result;
+  try {
+    result = training_step_->run(batches, lr);
+  } catch (const c10::OutOfMemoryError&) {
+    throw out_of_memory_error(config_, device_, state_.step + 1);
+  }
   nonfinite_->record(result.loss_nonfinite);
   return result;
 }

@@ -51,7 +51,9 @@ def test_resolved_config_has_every_default(lmtune, tmp_path):
     assert resolved["train"]["lr"] == 3e-4
     assert resolved["train"]["precision"] == "bf16"
     assert resolved["data"]["train"] == str(tmp_path / "train.txt")
-    assert set(resolved) == {"run", "model", "data", "train", "eval", "checkpoint", "logging"}
+    assert set(resolved) == {"run", "model", "data", "train", "eval", "checkpoint", "logging",
+                             "lora"}
+    assert resolved["lora"]["enabled"] is False  # no lora section written: adapters off
     assert resolved["data"]["seq_len"] == 128  # the model's context, as no seq_len was given
 
 

@@ -212,10 +212,15 @@ struct EnumNames<ChunkedLoss> {
       {{ChunkedLoss::kAuto, "auto"}, {ChunkedLoss::kOn, "on"}, {ChunkedLoss::kOff, "off"}}};
 };
 
+// train.micro_batch_size: auto, as the config holds it. A step then trains grad_accum_steps x
+// kAutoMicroBatchUnit sequences, what the default micro-batch of 8 would, split as the plan says.
+inline constexpr int64_t kAutoMicroBatch = 0;
+inline constexpr int64_t kAutoMicroBatchUnit = 8;
+
 struct TrainConfig {
   int64_t max_steps = 1000;      // optimizer steps
   int64_t epochs = 0;            // passes over the training data; > 0 replaces max_steps
-  int64_t micro_batch_size = 8;  // sequences per forward/backward pass
+  int64_t micro_batch_size = 8;  // sequences per forward/backward pass; kAutoMicroBatch = auto
   int64_t grad_accum_steps = 1;  // micro-batches per optimizer step
   Precision precision = Precision::kBf16;
   double lr = 3.0e-4;         // peak learning rate, reached after warmup
@@ -243,7 +248,13 @@ struct TrainConfig {
                     "Passes over the training data; when > 0 it sets the number of steps "
                     "instead of max_steps.")
                   .min(0));
-    v(micro_batch_size, Field("micro_batch_size", "Sequences per forward/backward pass.").min(1));
+    v(micro_batch_size, Field("micro_batch_size",
+                              "Sequences per forward/backward pass, or auto: the largest that "
+                              "lmtune plan predicts fits in 90% of the device's available memory, "
+                              "with grad_accum_steps raised so that a step still trains "
+                              "grad_accum_steps x 8 sequences (docs/memory.md).")
+                            .min(1)
+                            .or_auto());
     v(grad_accum_steps,
       Field("grad_accum_steps", "Micro-batches accumulated into one optimizer step.").min(1));
     v(precision, Field("precision",

@@ -34,6 +34,11 @@ class Field {
     is_path_ = true;
     return *this;
   }
+  // An integer that may also be spelled `auto`, held as 0 (train.micro_batch_size).
+  Field& or_auto() {
+    or_auto_ = true;
+    return *this;
+  }
 
   const char* name() const { return name_; }
   const char* help() const { return help_; }
@@ -41,6 +46,7 @@ class Field {
   std::optional<double> max_value() const { return max_; }
   bool min_exclusive() const { return min_exclusive_; }
   bool is_path() const { return is_path_; }
+  bool allows_auto() const { return or_auto_; }
 
  private:
   const char* name_;
@@ -49,6 +55,7 @@ class Field {
   std::optional<double> max_;
   bool min_exclusive_ = false;
   bool is_path_ = false;
+  bool or_auto_ = false;
 };
 
 // Spellings of an enum's values in config files. Specialised next to each config enum.
