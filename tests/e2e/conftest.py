@@ -63,6 +63,14 @@ def make_tiny_model(directory, seed=0, dropout=0.0, **shape):
     return Path(directory)
 
 
+def step_losses(run):
+    """{step: loss} of a run directory's metrics.jsonl training records."""
+    import json
+
+    return {json.loads(line)["step"]: json.loads(line)["loss"]
+            for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line}
+
+
 def shakespeare(chars):
     """The first `chars` characters of tinyshakespeare, cut at a blank line."""
     text = (SHARED_DIR / "data" / "tinyshakespeare.txt").read_text()[:chars]

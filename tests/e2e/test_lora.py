@@ -14,7 +14,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from conftest import LMTUNE, make_tiny_model, shakespeare, signal_when
+from conftest import LMTUNE, step_losses, make_tiny_model, shakespeare, signal_when
 from test_model_families import IDS, lmtune_logits, make_model, probe
 
 
@@ -209,11 +209,7 @@ def test_a_lora_checkpoint_holds_only_the_adapter_and_resumes_bit_exactly(tmp_pa
     finished = subprocess.run([LMTUNE, "train", path, "--resume"], capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
 
-    def losses(run):
-        return {json.loads(l)["step"]: json.loads(l)["loss"] for l in
-                (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in l}
-
-    assert losses(tmp_path / "run") == losses(tmp_path / "reference")
+    assert step_losses(tmp_path / "run") == step_losses(tmp_path / "reference")
     ours = load_file(tmp_path / "run" / "final" / "adapter_model.safetensors")
     theirs = load_file(tmp_path / "reference" / "final" / "adapter_model.safetensors")
     assert ours.keys() == theirs.keys()

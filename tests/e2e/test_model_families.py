@@ -14,7 +14,7 @@ from transformers import (AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, M
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                           Qwen3ForCausalLM)
 
-from conftest import LMTUNE, SHARED_DIR, shakespeare, signal_when
+from conftest import LMTUNE, step_losses, SHARED_DIR, shakespeare, signal_when
 
 PROBE = os.environ.get("GPT2_PROBE", str(LMTUNE).replace("lmtune", "tests/gpt2_probe"))
 SHAPE = dict(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -179,11 +179,7 @@ def test_a_llama_run_killed_with_sigkill_resumes_bit_exactly(tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert "resuming from" in finished.stderr
 
-    def losses(run):
-        return {json.loads(l)["step"]: json.loads(l)["loss"] for l in
-                (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in l}
-
-    assert losses(tmp_path / "run") == losses(tmp_path / "reference")
+    assert step_losses(tmp_path / "run") == step_losses(tmp_path / "reference")
     ours = load_file(tmp_path / "run" / "final" / "model.safetensors")
     theirs = load_file(tmp_path / "reference" / "final" / "model.safetensors")
     assert ours.keys() == theirs.keys()
