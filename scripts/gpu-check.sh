@@ -11,6 +11,8 @@
 #   LMTUNE_SHARED_DIR the shared test data (default ../shared beside the checkout)
 #   OUT               where logs go (default BUILD_DIR/gpu-check)
 #   GPU_BENCH         0 skips the benchmarks; GPU_TESTS=0 skips the tests
+#   BUILD_TARGETS     the targets to build (default all; `lmtune lmtune_cuda_tests` is what the
+#                     cuda tests and the benchmarks need)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +30,8 @@ cmake_args=(-DCMAKE_BUILD_TYPE=Release -DLMTUNE_PYTHON="$python")
 if [[ -n "${LMTUNE_DEPS_ROOT:-}" ]]; then
   deps=$(cd "$LMTUNE_DEPS_ROOT" && pwd)
   prefix="$prefix;$deps/usr"
+  # Their libraries' own dependencies (libicuuc's libicudata) are found at run time through this.
+  export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   # pkg-config reads only the unpacked .pc files and puts the folder before their /usr paths.
   export PKG_CONFIG_SYSROOT_DIR=$deps
   export PKG_CONFIG_LIBDIR=$deps/usr/lib/x86_64-linux-gnu/pkgconfig:$deps/usr/share/pkgconfig
@@ -48,7 +52,9 @@ start=$(date +%s)
 cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" "${cmake_args[@]}" \
   >"$out/configure.log" 2>&1 ||
   { tail -n 40 "$out/configure.log"; exit 1; }
-cmake --build "$build_dir" --parallel "$(nproc)" >"$out/build.log" 2>&1 ||
+targets=()
+for target in ${BUILD_TARGETS:-}; do targets+=(--target "$target"); done
+cmake --build "$build_dir" --parallel "$(nproc)" "${targets[@]}" >"$out/build.log" 2>&1 ||
   { grep -E -m 20 -A 5 "error|Error" "$out/build.log"; exit 1; }
 echo "gpu-check: configured and built in $(($(date +%s) - start)) s"
 "$build_dir/lmtune" --version

@@ -3,13 +3,14 @@
 # random models made by transformers: a GPT-2 124M and a 114M Llama (GQA, tied embeddings), a few
 # steps each at seq 256, micro-batch 4; prints a Markdown table (docs/memory.md, "What fits").
 # Usage: scripts/plan-vs-measured.sh [SHAPE...]   (default: every shape below)
-# Environment: LMTUNE_BIN (build/lmtune), LMTUNE_VENV, THREADS=2, STEPS=2, SEQ=256, BATCH=4.
+# Environment: LMTUNE_BIN (build/lmtune), PYTHON (the venv's), THREADS=2, STEPS=2, SEQ=256,
+#              BATCH=4, DEVICE=cpu (cuda: the caching allocator's peak against the plan).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 shared=$(cd "$root/.." && pwd)/shared
 lmtune=${LMTUNE_BIN:-$root/build/lmtune}
-python=${LMTUNE_VENV:-$HOME/.cache/lmtune/venv}/bin/python
+python=${PYTHON:-${LMTUNE_VENV:-$HOME/.cache/lmtune/venv}/bin/python}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -34,7 +35,7 @@ for name, model in models.items():
 PY
 
 cat > "$work/plan.json" <<JSON
-{"run": {"seed": 1, "threads": ${THREADS:-2}, "device": "cpu"},
+{"run": {"seed": 1, "threads": ${THREADS:-2}, "device": "${DEVICE:-cpu}"},
  "model": {"path": "$work/gpt2-124m"},
  "data": {"train": "$shared/data/tinyshakespeare.txt", "seq_len": ${SEQ:-256},
           "cache_dir": "$work/cache"},

@@ -47,6 +47,11 @@ void add_shape_options(CLI::App& command, BenchOptions& o) {
                   "head, base frozen; 0 trains every weight")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  command.add_option("--profile", o.profile_dir,
+                     "Directory: profile --profile-steps more steps after the timed ones and "
+                     "write their Chrome trace there (trace.json; scripts/profile_table.py "
+                     "ranks its kernels)");
+  positive("--profile-steps", o.profile_steps, "Steps under the profiler (with --profile)");
 }
 
 }  // namespace

@@ -2,11 +2,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
+#include <functional>
 #include <optional>
+#include <set>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
 
+#include "lmtune/core/errors.h"
 #include "lmtune/core/host_allocator.h"
 #include "lmtune/core/runtime.h"
 #include "lmtune/core/schema.h"
@@ -34,6 +39,26 @@ void synchronize(torch::Device device) {
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Runs `step` `steps` times under LibTorch's Kineto profiler and saves the Chrome trace (what
+// chrome://tracing, Perfetto and TensorBoard open) as dir/trace.json.
+void profile(const std::function<void()>& step, int64_t steps, torch::Device device,
+             const std::filesystem::path& dir) {
+  namespace profiler = torch::autograd::profiler;
+  using torch::profiler::impl::ActivityType;
+  std::set<ActivityType> activities = {ActivityType::CPU};
+  if (device.is_cuda()) activities.insert(ActivityType::CUDA);
+  const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO,
+                                                     /*report_input_shapes=*/true);
+  profiler::prepareProfiler(config, activities);
+  profiler::enableProfiler(config, activities);
+  for (int64_t i = 0; i < steps; ++i) step();
+  synchronize(device);
+  const auto trace = dir / "trace.json";
+  profiler::disableProfiler()->save(trace.string());
+  if (!std::filesystem::is_regular_file(trace))
+    throw Error("--profile: the profiler wrote no trace at " + trace.string());
 }
 
 // A random model of the benchmark's shape, without dropout (none of the peers have it).
@@ -155,6 +180,11 @@ BenchResult run_bench(const BenchOptions& o) {
   torch::Device device = resolve_device(o.device);
   result.device = device.str();
   torch::manual_seed(0);
+  if (!o.profile_dir.empty()) {  // before minutes of setup and timing, not after
+    std::error_code error;
+    std::filesystem::create_directories(o.profile_dir, error);
+    if (error) throw Error("--profile: cannot create " + o.profile_dir + ": " + error.message());
+  }
 
   CausalLM model = bench_model(o);
   if (o.quantize != Quantize::kNone) {
@@ -214,6 +244,8 @@ BenchResult run_bench(const BenchOptions& o) {
   result.libtorch_matmul_tflops = peak.libtorch;
   result.peak_tflops = peak.best;
   result.mfu = result.achieved_tflops / result.peak_tflops;
+  if (!o.profile_dir.empty())  // after the timing, which the profiler would slow
+    profile([&] { run_step(); }, o.profile_steps, device, o.profile_dir);
   return result;
 }
 

@@ -77,3 +77,37 @@ def test_bench_runs_a_llama_shape(lmtune):
     layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 256 + 2 * 64
     assert report["parameters"] == 2 * 500 * 64 + 2 * layer + 64
     assert report["final_loss"] > 0 and report["tokens_per_sec"] > 0
+
+
+def test_profile_writes_a_chrome_trace_that_the_table_script_ranks(lmtune, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import SOURCE_DIR
+
+    result = lmtune("bench", *TINY, "--precision", "fp32", "--profile", tmp_path / "profile",
+                    "--profile-steps", 2)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["tokens_per_sec"] > 0  # the timing is still reported
+    trace = tmp_path / "profile" / "trace.json"
+    events = json.loads(trace.read_text())["traceEvents"]
+    ops = [e for e in events if e.get("cat") == "cpu_op"]
+    # Two steps of forward, backward and AdamW: matrix products and the optimizer's update.
+    assert any(e["name"] in ("aten::mm", "aten::addmm", "aten::linear") for e in ops)
+    assert sum(e["name"] == "aten::mm" for e in ops) >= 2 * 2
+
+    table = subprocess.run([sys.executable, SOURCE_DIR / "scripts" / "profile_table.py", trace,
+                            "--top", "5"], capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr
+    rows = [line for line in table.stdout.splitlines() if line.startswith("| 1 ")
+            or line[:4] in ("| 2 ", "| 3 ", "| 4 ", "| 5 ")]
+    assert len(rows) == 5, table.stdout
+    shares = [float(row.split("|")[4].strip().rstrip("%")) for row in rows]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05, table.stdout
+
+
+def test_profile_into_an_unwritable_place_fails_before_the_run(lmtune, tmp_path):
+    (tmp_path / "file").write_text("")
+    result = lmtune("bench", *TINY, "--profile", tmp_path / "file" / "profile")
+    assert result.returncode == 1
+    assert "--profile: cannot create" in result.stderr and str(tmp_path / "file") in result.stderr

@@ -34,6 +34,10 @@ struct BenchOptions {
   int64_t loss_chunk_tokens = TrainConfig{}.loss_chunk_tokens;  // as train.loss_chunk_tokens
   int64_t lora_r = 0;  // > 0: LoRA of this rank (alpha 2r) on every linear layer, base frozen
   Quantize quantize = Quantize::kNone;  // the frozen base's linear weights (with lora_r > 0)
+  // Non-empty: after the timed steps, `profile_steps` more run under LibTorch's profiler (CPU
+  // operators, and CUDA kernels on a GPU), written as a Chrome trace to profile_dir/trace.json.
+  std::string profile_dir;
+  int64_t profile_steps = 3;
 };
 
 struct BenchResult {
