@@ -15,7 +15,8 @@ adapters.
 
 Usage: bench_torch_peer.py [--arch gpt2|llama --n-layer 6 --n-head 6 --n-embd 384 --n-kv-head 0
                             --mlp-width 0 --vocab 50257 --batch 8 --seq 256 --steps 10
-                            --warmup 3 --precision bf16 --device cuda --threads 1 --lora-r 0]
+                            --warmup 3 --precision bf16 --device cuda --threads 1 --lora-r 0
+                            --profile DIR]
 """
 import argparse
 import json
@@ -36,6 +37,9 @@ def main():
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="bf16")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--arch", choices=("gpt2", "llama"), default="gpt2")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="after the timed steps, profile 3 more into DIR/trace.json, as "
+                             "`lmtune bench --profile` does (scripts/profile_table.py ranks it)")
     a = parser.parse_args()
 
     torch.manual_seed(0)
@@ -97,6 +101,17 @@ def main():
     final_loss = loss.item()
     seconds = time.perf_counter() - start
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    if a.profile:
+        import os
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        os.makedirs(a.profile, exist_ok=True)
+        with torch.profiler.profile(activities=activities, record_shapes=True) as profiler:
+            for _ in range(3):
+                step()
+            synchronize()
+        profiler.export_chrome_trace(os.path.join(a.profile, "trace.json"))
     print(json.dumps({"impl": "pytorch-transformers-peer", "torch": torch.__version__,
                       "arch": a.arch, "device": str(device), "threads": a.threads,
                       "precision": a.precision, "batch": a.batch, "lora_r": a.lora_r,
