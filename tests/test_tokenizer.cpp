@@ -1,5 +1,6 @@
 // Unit tests of the tokenizers: GPT-2's reference vectors, tokenizer.json forms, special tokens,
-// byte round trips, broken files, saving, and SentencePiece through its own trainer.
+// byte round trips, broken files, saving, SentencePiece through its own trainer, and valid_utf8
+// against Python's and ICU's UTF-8 decoders.
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -8,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
+#include <unicode/unistr.h>
 #include <nlohmann/json.hpp>
 
 #include "lmtune/core/errors.h"
@@ -117,6 +119,44 @@ TEST_F(TokenizerTest, DecodeRoundTripsAnyBytes) {
   std::string noise(20000, '\0');
   for (char& c : noise) c = static_cast<char>(rng() & 0xFF);
   EXPECT_EQ(gpt2().decode(gpt2().encode(noise)), noise);
+}
+
+TEST(ValidUtf8, ReplacesEachMaximalIllFormedSubpartAsPythonsDecoderDoes) {
+  // Expected values: bytes.decode("utf-8", "replace") in CPython 3.11.
+  const std::string r = "\xEF\xBF\xBD";  // U+FFFD
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"abc", "abc"},
+      {"\xE2\x82\xAC", "\xE2\x82\xAC"},  // the euro sign, whole
+      {"\xE2\x82", r},                   // cut short at the end
+      {"\xE2\x82"
+       "A",
+       r + "A"},                            // cut short before ASCII
+      {"\xE0\x80\xAF", r + r + r},          // overlong: E0 takes A0..BF next
+      {"\xED\xA0\x80", r + r + r},          // a surrogate
+      {"\xF0\x90\x80", r},                  // four-byte sequence cut short
+      {"\xF4\x90\x80\x80", r + r + r + r},  // past U+10FFFF
+      {"\xC0\xAF", r + r},                  // C0 never starts a sequence
+      {"\xFF\xFE", r + r},
+      {"\xF0\x9F\x98\x80x\x80", "\xF0\x9F\x98\x80x" + r},
+      {"\xC3", r},
+  };
+  for (const auto& [bytes, text] : cases) EXPECT_EQ(lmtune::valid_utf8(bytes), text) << bytes;
+}
+
+TEST(ValidUtf8, AgreesWithIcusDecoderOnRandomBytes) {
+  // ICU substitutes U+FFFD per maximal subpart too (UTF-8 to UTF-16 with substitution): an
+  // independent decoder to compare against, on bytes weighted towards UTF-8's lead and
+  // continuation ranges so that every kind of break occurs.
+  std::mt19937 rng(11);
+  const unsigned char alphabet[] = {'a',  ' ',  0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC2,
+                                    0xDF, 0xE0, 0xE1, 0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0xFF};
+  for (int trial = 0; trial < 20000; ++trial) {
+    std::string bytes(rng() % 12, '\0');
+    for (char& c : bytes) c = static_cast<char>(alphabet[rng() % sizeof(alphabet)]);
+    std::string expected;
+    icu::UnicodeString::fromUTF8(bytes).toUTF8String(expected);
+    ASSERT_EQ(lmtune::valid_utf8(bytes), expected) << testing::PrintToString(bytes);
+  }
 }
 
 TEST_F(TokenizerTest, LongRunsEncodeQuickly) {

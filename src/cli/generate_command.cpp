@@ -45,7 +45,9 @@ std::vector<std::string> read_prompts(const std::string& path) {
   return prompts;
 }
 
-// The continuation of one prompt, without the end-of-text token that stopped it.
+// The continuation of one prompt, without the end-of-text token that stopped it, as valid UTF-8:
+// bytes of a character the last ids cut short, or ids that decode to no character, become U+FFFD
+// as in Hugging Face's decode.
 std::string continue_prompt(const CausalLM& model, const Tokenizer& tokenizer,
                             const std::string& text, const GenerateOptions& options,
                             int64_t& produced_tokens) {
@@ -64,7 +66,7 @@ std::string continue_prompt(const CausalLM& model, const Tokenizer& tokenizer,
   const auto& stops = options.stop_ids;
   if (!produced.empty() && std::find(stops.begin(), stops.end(), produced.back()) != stops.end())
     produced.pop_back();
-  return tokenizer.decode(produced);
+  return valid_utf8(tokenizer.decode(produced));
 }
 
 void run(const GenerateArgs& args) {

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "lmtune/core/errors.h"
+#include "lmtune/io/tokenizer.h"
 
 namespace lmtune {
 namespace fs = std::filesystem;
@@ -75,13 +76,23 @@ bool is_continuation(unsigned char byte) {
   return (byte & 0xC0) == 0x80;
 }
 
-// Bytes in the UTF-8 sequence at the start of `s` (n bytes available), or 0 when it is invalid.
-// The ranges of the second byte are those of the Unicode standard's table of well-formed sequences.
-std::size_t utf8_sequence_length(const unsigned char* s, std::size_t n) {
+// The UTF-8 sequence at the start of `s` (n > 0 bytes available): its length when it is well
+// formed, else the length of its maximal subpart (the bytes that begin a well-formed sequence
+// before the first that cannot continue it; at least 1), which a decoder replaces by one U+FFFD.
+// The ranges of the second byte are those of the Unicode standard's table of well-formed
+// sequences.
+struct Utf8Sequence {
+  std::size_t length = 0;
+  bool valid = false;
+};
+
+Utf8Sequence utf8_sequence(const unsigned char* s, std::size_t n) {
   unsigned char lead = s[0];
   unsigned char low = 0x80, high = 0xBF;  // allowed range of the second byte
   std::size_t length = 0;
-  if (lead >= 0xC2 && lead <= 0xDF) {
+  if (lead < 0x80) {
+    return {1, true};
+  } else if (lead >= 0xC2 && lead <= 0xDF) {
     length = 2;
   } else if (lead >= 0xE0 && lead <= 0xEF) {
     length = 3;
@@ -92,13 +103,13 @@ std::size_t utf8_sequence_length(const unsigned char* s, std::size_t n) {
     if (lead == 0xF0) low = 0x90;   // overlong
     if (lead == 0xF4) high = 0x8F;  // past U+10FFFF
   } else {
-    return 0;
+    return {1, false};
   }
-  if (n < length || s[1] < low || s[1] > high) return 0;
+  if (n < 2 || s[1] < low || s[1] > high) return {1, false};
   for (std::size_t i = 2; i < length; ++i) {
-    if (!is_continuation(s[i])) return 0;
+    if (i >= n || !is_continuation(s[i])) return {i, false};
   }
-  return length;
+  return {length, true};
 }
 
 }  // namespace
@@ -121,11 +132,27 @@ std::size_t valid_utf8_prefix(std::string_view text) {
       ++i;
       continue;
     }
-    std::size_t length = utf8_sequence_length(s + i, n - i);
-    if (length == 0) return i;
-    i += length;
+    const Utf8Sequence sequence = utf8_sequence(s + i, n - i);
+    if (!sequence.valid) return i;
+    i += sequence.length;
   }
   return n;
+}
+
+std::string valid_utf8(std::string_view bytes) {
+  std::size_t valid = valid_utf8_prefix(bytes);
+  if (valid == bytes.size()) return std::string(bytes);
+  auto s = reinterpret_cast<const unsigned char*>(bytes.data());
+  std::string text(bytes.substr(0, valid));
+  for (std::size_t i = valid, n = bytes.size(); i < n;) {
+    const Utf8Sequence sequence = utf8_sequence(s + i, n - i);
+    if (sequence.valid)
+      text.append(bytes.substr(i, sequence.length));
+    else
+      text += "\xEF\xBF\xBD";  // U+FFFD
+    i += sequence.length;
+  }
+  return text;
 }
 
 }  // namespace lmtune

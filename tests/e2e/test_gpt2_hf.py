@@ -108,3 +108,39 @@ def test_bad_model_directory_exits_3(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 3
     assert "model.safetensors" in result.stderr and "truncated or corrupt" in result.stderr
+
+
+def test_completions_that_split_characters_print_as_transformers_decodes_them(tmp_path):
+    from transformers import GPT2TokenizerFast
+
+    from conftest import LMTUNE, make_tiny_model
+
+    model_dir = make_tiny_model(tmp_path / "model")
+    model = GPT2LMHeadModel.from_pretrained(model_dir)
+    tokenizer = GPT2TokenizerFast.from_pretrained(model_dir)
+    # Greedy decoding made to emit, at every step, GPT-2's token for the lone byte 0xE2 (the first
+    # of the three bytes of '€' or '—'): the output head sees only the final norm's bias, which
+    # points at that token's (enlarged) embedding.
+    lone_byte = tokenizer.convert_tokens_to_ids("\u00e2")
+    assert tokenizer.convert_ids_to_tokens(lone_byte) == "\u00e2"
+    with torch.no_grad():
+        direction = torch.randn(model.config.n_embd)
+        direction *= 10 / direction.norm()
+        model.transformer.wte.weight[lone_byte] = direction
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(direction)
+    model.save_pretrained(model_dir)
+    expected = tokenizer.decode([lone_byte] * 5)
+    assert expected == "\ufffd" * 5  # transformers replaces each broken byte
+
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": p}) + "\n" for p in ("Hello", "caf\u00e9 au lait")))
+    common = ["--model", model_dir, "--temperature", "0", "--max-new-tokens", "5"]
+    batch = subprocess.run([LMTUNE, "generate", *common, "--prompts-file",
+                            tmp_path / "prompts.jsonl"], capture_output=True)
+    assert batch.returncode == 0, batch.stderr.decode(errors="replace")
+    lines = batch.stdout.decode("utf-8").splitlines()  # strict: valid UTF-8 or this raises
+    assert [json.loads(line)["completion"] for line in lines] == [expected, expected]
+    single = subprocess.run([LMTUNE, "generate", *common, "--prompt", "Hello"], capture_output=True)
+    assert single.returncode == 0, single.stderr.decode(errors="replace")
+    assert single.stdout.decode("utf-8").rstrip("\n") == expected

@@ -59,4 +59,10 @@ bool has_tokenizer_files(const std::filesystem::path& dir);
 // Throws InputError naming the directory or the missing file.
 void check_tokenizer_files(const std::filesystem::path& dir);
 
+// `bytes` as valid UTF-8 text, as Hugging Face's decoders give text (Python's
+// bytes.decode("utf-8", "replace"), Rust's String::from_utf8_lossy): each maximal ill-formed
+// subpart (a byte that cannot start a sequence, or a sequence cut short) becomes one U+FFFD; the
+// rest is copied. Decoded ids that split a character need this before they are shown as text.
+std::string valid_utf8(std::string_view bytes);
+
 }  // namespace lmtune
