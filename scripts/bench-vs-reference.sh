@@ -39,7 +39,7 @@ args=("$@")
 peer_shape=()
 for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[i]}" in
-    --chunked-loss | --loss-chunk-tokens) ((i += 1)) ;;
+    --chunked-loss | --loss-chunk-tokens | --vocab-padding) ((i += 1)) ;;
     # The GPT-2 reference knows neither the architecture nor these shape options.
     --arch | --n-kv-head | --mlp-width) ((torch_peer)) && peer_shape+=("${args[i]}" "${args[i + 1]}"); ((i += 1)) ;;
     *) peer_shape+=("${args[i]}") ;;

@@ -5,6 +5,8 @@
 # peaks the GPU measures. One JSON line per run in OUT/perf.jsonl; Markdown tables at the end.
 # Sections, run in the order given:
 #   gpt2     GPT-2 124M, seq 1024, batch 16, bf16 (the trainer's defaults)
+#   pad      the same with --vocab-padding 64 (train.vocab_padding: the output head's odd
+#            vocabulary padded for the GPU's fast matrix kernels)
 #   llama    a Llama 3.2 1B shape, seq 1024, batch 4, bf16, full fine-tuning
 #   lora     the same shape with LoRA r 16 on every linear layer over a bf16-autocast fp32 base
 #            and an nf4 base (PEFT's peer: the fp32 base; bitsandbytes is not on the GPU machine)
@@ -14,7 +16,7 @@
 #
 # Usage: scripts/gpu-perf.sh [BUILD_DIR]        (default build-gpu/)
 # Environment: PYTHON (python3), OUT (BUILD_DIR/gpu-perf), STEPS (10),
-#              SECTIONS ("gpt2 llama lora profile plan"), RUN_TIMEOUT (seconds per run, 150),
+#              SECTIONS ("gpt2 pad llama lora profile plan"), RUN_TIMEOUT (seconds per run, 150),
 #              LMTUNE_DEPS_ROOT (as for scripts/gpu-check.sh: where its libraries were unpacked).
 set -uo pipefail
 
@@ -53,12 +55,15 @@ llama=(--arch llama --n-layer 16 --n-head 32 --n-kv-head 8 --n-embd 2048 --mlp-w
        --vocab 128256 --seq 1024 --batch 4)
 peer=("$python" "$root/scripts/bench_torch_peer.py" --device cuda)
 
-for section in ${SECTIONS:-gpt2 llama lora profile plan}; do
+for section in ${SECTIONS:-gpt2 pad llama lora profile plan}; do
   case $section in
     gpt2 | llama)
       declare -n shape=$section
       record "$section" "$lmtune" bench --device cuda "${shape[@]}" "${common[@]}"
       record "$section-peer" "${peer[@]}" "${shape[@]}" "${common[@]}"
+      ;;
+    pad)
+      record gpt2-pad64 "$lmtune" bench --device cuda "${gpt2[@]}" "${common[@]}" --vocab-padding 64
       ;;
     lora)
       for quantize in none nf4; do

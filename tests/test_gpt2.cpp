@@ -76,6 +76,37 @@ TEST_F(GPT2Test, KVCacheGivesTheSameLogits) {
   EXPECT_EQ(cache.length(), 12);
 }
 
+TEST_F(GPT2Test, VocabPaddingGivesTheSameLogitsLossAndGradients) {
+  auto run = [](int64_t padding, bool tied) {
+    GPT2 model = tiny_gpt2(
+        [&] {
+          TinyShape shape;  // vocabulary 50: padded to 64 with a multiple of 64, to 51 with 17
+          shape.tied = tied;
+          return shape;
+        }(),
+        /*dropout=*/0.0, /*seed=*/3);
+    model->set_vocab_padding(padding);
+    auto batch = random_batch(50, 2, 12);
+    auto logits = model->forward(batch.inputs);  // (B, T, V)
+    lmtune::lm_loss(logits, batch.targets).backward();
+    std::map<std::string, torch::Tensor> grads;
+    for (const auto& p : model->named_parameters()) grads[p.key()] = p.value().grad();
+    return std::make_pair(logits.detach(), grads);
+  };
+  for (bool tied : {true, false}) {
+    const auto [plain, plain_grads] = run(0, tied);
+    for (int64_t padding : {64, 17, 10}) {  // 10 divides 50: no padding at all
+      const auto [padded, padded_grads] = run(padding, tied);
+      ASSERT_EQ(padded.sizes(), plain.sizes());
+      EXPECT_TRUE(torch::allclose(padded, plain, 1e-6, 1e-6)) << padding;
+      ASSERT_EQ(padded_grads.size(), plain_grads.size());
+      for (const auto& [name, grad] : plain_grads)
+        EXPECT_TRUE(torch::allclose(padded_grads.at(name), grad, 1e-5, 1e-7))
+            << name << " with padding " << padding << ", tied " << tied;
+    }
+  }
+}
+
 TEST_F(GPT2Test, GreedyWithCacheEqualsGreedyWithout) {
   GPT2 model = tiny_model();
   lmtune::GenerateOptions options;

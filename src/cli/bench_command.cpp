@@ -47,6 +47,12 @@ void add_shape_options(CLI::App& command, BenchOptions& o) {
                   "head, base frozen; 0 trains every weight")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  command
+      .add_option("--vocab-padding", o.vocab_padding,
+                  "Pad the output head's vocabulary to a multiple of this (plain loss; 0 = off), "
+                  "as train.vocab_padding")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   command.add_option("--profile", o.profile_dir,
                      "Directory: profile --profile-steps more steps after the timed ones and "
                      "write their Chrome trace there (trace.json; scripts/profile_table.py "

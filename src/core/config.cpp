@@ -716,6 +716,9 @@ void check_cross_key_rules(const Config& c, const std::optional<ModelContext>& c
       p.ok("train.precision"))
     p.add_rule("train.precision", {"run.device"}, "fp16 needs a CUDA device; use bf16 on the CPU");
   check_lora_rules(c, p);
+  const auto& prompts = c.eval.sample_prompts;
+  if (std::find(prompts.begin(), prompts.end(), "") != prompts.end() && p.ok("eval.sample_prompts"))
+    p.add("eval.sample_prompts", "holds an empty prompt; give each prompt some text");
   if (c.data.seq_len == 1 && p.ok("data.seq_len"))
     p.add("data.seq_len", "must be 0 (the model's context) or at least 2, got 1");
   if (context && c.data.seq_len > context->tokens && p.ok("data.seq_len"))

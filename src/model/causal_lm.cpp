@@ -32,7 +32,14 @@ torch::Tensor CausalLMImpl::hidden_states(const torch::Tensor& idx, KVCache* cac
 }
 
 torch::Tensor CausalLMImpl::forward(const torch::Tensor& idx, KVCache* cache) {
-  return autocast_linear(hidden_states(idx, cache), output_weight());  // (B, T, V)
+  const torch::Tensor weight = output_weight();  // (V, C)
+  const int64_t V = weight.size(0);
+  const int64_t padding =
+      vocab_padding_ > 0 ? (vocab_padding_ - V % vocab_padding_) % vocab_padding_ : 0;
+  if (padding == 0) return autocast_linear(hidden_states(idx, cache), weight);  // (B, T, V)
+  // Differentiable: the weight's gradient is the first V rows of the padded one's.
+  const torch::Tensor padded = torch::cat({weight, weight.new_zeros({padding, weight.size(1)})});
+  return autocast_linear(hidden_states(idx, cache), padded).narrow(-1, 0, V);  // (B, T, V)
 }
 
 torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets) {

@@ -199,6 +199,7 @@ BenchResult run_bench(const BenchOptions& o) {
     lora.target_modules = {"all-linear"};
     attach_lora(*model, lora);
   }
+  model->set_vocab_padding(o.vocab_padding);
   model->to(device);
   model->train();
   AdamW optimizer(decay_groups(*model, /*weight_decay=*/0.1), AdamWOptions{});
@@ -268,6 +269,7 @@ nlohmann::json bench_json(const BenchOptions& o, const BenchResult& r) {
           {"warmup", o.warmup},
           {"parameters", r.parameters},
           {"loss_chunk_tokens", r.loss_chunk_tokens},
+          {"vocab_padding", o.vocab_padding},
           {"lora_r", o.lora_r},
           {"quantize", enum_name(o.quantize)},
           {"step_ms", r.step_ms},

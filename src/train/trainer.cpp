@@ -9,6 +9,7 @@
 #include "lmtune/core/errors.h"
 #include "lmtune/core/host_allocator.h"
 #include "lmtune/core/runtime.h"
+#include "lmtune/infer/generate.h"
 #include "lmtune/io/remove_tree.h"
 #include "lmtune/io/safetensors.h"
 #include "lmtune/model/hf_model_files.h"
@@ -41,6 +42,23 @@ int64_t last_logged_step(const fs::path& metrics_file) {
   return last;
 }
 
+// metrics.jsonl fields and the TensorBoard scalar tags that plot them.
+constexpr std::pair<const char*, const char*> kTensorBoardScalars[] = {
+    {"loss", "train/loss"},
+    {"lr", "train/lr"},
+    {"grad_norm", "train/grad_norm"},
+    {"tokens_per_sec", "train/tokens_per_sec"},
+    {"loss_scale", "train/loss_scale"},
+    {"eval_loss", "eval/loss"},
+    {"eval_perplexity", "eval/perplexity"},
+    {"peak_memory_mb", "memory/peak_mb"}};
+
+// A sample of eval.sample_prompts for TensorBoard's text dashboard (Markdown).
+std::string sample_markdown(const std::string& prompt, const std::string& continuation) {
+  return "**prompt**\n\n" + markdown_code_block(prompt) + "\n\n**continuation**\n\n" +
+         markdown_code_block(continuation);
+}
+
 // Logs the fp16 steps skipped since `since` and returns the loss scale now (both synchronise).
 double log_loss_scale(LossScaler& scaler, Progress& progress, int64_t since) {
   const double scale = scaler.state().scale;
@@ -64,9 +82,12 @@ std::string claim_run_directory(const fs::path& dir) {
         (step ? "checkpoint at step " + std::to_string(*step) : std::string("a final model")) +
         "); continue it with lmtune train CONFIG --resume, or choose another run.output_dir, or "
         "delete the directory to start over");
-  if (!fs::exists(dir / "metrics.jsonl") && !fs::exists(dir / "checkpoints")) return "";
+  if (!fs::exists(dir / "metrics.jsonl") && !fs::exists(dir / "checkpoints") &&
+      !fs::exists(dir / "tensorboard"))
+    return "";
   fs::remove(dir / "metrics.jsonl");
   remove_tree(dir / "checkpoints");
+  remove_tree(dir / "tensorboard");
   return "taking over " + dir.string() +
          ": it holds no complete checkpoint (an earlier start ended before its first save)";
 }
@@ -293,7 +314,7 @@ void Trainer::log_step(int64_t step, const TrainingStep::Result& result, double 
                            {"elapsed_s", elapsed}};
   if (step <= rerun_until_) record["rerun"] = true;
   if (scaler_) record["loss_scale"] = log_loss_scale(*scaler_, *progress_, state_.last_log_step);
-  metrics_->write(record);
+  write_record(record);
   progress_->step_line(
       fmt::format("step {}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | ETA {}",
                   step, total_steps_, loss, lr, grad_norm, tokens_per_sec, format_duration(eta)));
@@ -315,15 +336,76 @@ std::optional<EvalResult> Trainer::evaluate_and_log(int64_t step) {
                            {"eval_perplexity", result.perplexity},
                            {"peak_memory_mb", peak_mb}};
   if (step <= rerun_until_) record["rerun"] = true;
-  metrics_->write(record);
+  write_record(record);
   progress_->message(fmt::format(
       "eval at step {}: loss {:.4f}, perplexity {:.2f} ({} tokens), peak memory {:.0f} MB", step,
       result.loss, result.perplexity, result.tokens, peak_mb));
+  log_samples(step);
   return result;
+}
+
+// Greedy continuations of eval.sample_prompts by the model as it is now, as TensorBoard text
+// (samples/1, samples/2, ...). Greedy decoding in eval mode draws no random numbers: a resumed
+// run stays exact.
+void Trainer::log_samples(int64_t step) {
+  const auto& prompts = config_.eval.sample_prompts;
+  if (!tensorboard_ || prompts.empty()) return;
+  GenerateOptions options;
+  options.max_new_tokens = config_.eval.sample_new_tokens;
+  options.temperature = 0;
+  // generation_config.json sits in the model's directory (the tokenizer's when init: random).
+  const fs::path model_dir =
+      config_.model.path.empty() ? tokenizer_dir(config_) : fs::path(config_.model.path);
+  options.stop_ids = end_of_sequence_ids(model_dir, model_->spec(), tokenizer_->eos_id());
+  const bool was_training = model_->is_training();
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    // Framed as lmtune generate frames a prompt: a BOS first where the tokenizer adds one.
+    std::vector<int64_t> ids = tokenizer_->framing().prefix;
+    const std::vector<int64_t> text = tokenizer_->encode(prompts[i]);
+    ids.insert(ids.end(), text.begin(), text.end());
+    std::string continuation;
+    if (!ids.empty() && static_cast<int64_t>(ids.size()) < model_->spec().context) {
+      std::vector<int64_t> produced = generate(model_, ids, options);
+      const auto& stops = options.stop_ids;
+      if (!produced.empty() &&
+          std::find(stops.begin(), stops.end(), produced.back()) != stops.end())
+        produced.pop_back();
+      continuation = valid_utf8(tokenizer_->decode(produced));  // as lmtune generate prints it
+    }
+    tensorboard_->text("samples/" + std::to_string(i + 1), step,
+                       sample_markdown(prompts[i], continuation));
+  }
+  model_->train(was_training);
+  tensorboard_->flush();
+}
+
+// A new event file per process, opening with a session START at the first step it trains. At a
+// resume that START makes TensorBoard drop the points an earlier process wrote from that step on
+// (a run killed after its last checkpoint), which this one trains and logs again. A fresh run
+// writes one too: some of TensorBoard's readers take only a second START as a restart.
+void Trainer::open_tensorboard() {
+  if (!config_.logging.tensorboard) return;
+  tensorboard_ =
+      std::make_unique<EventFileWriter>(fs::path(config_.run.output_dir) / "tensorboard");
+  const int64_t first = state_.step + 1;
+  tensorboard_->session_start(first);
+  tensorboard_->text("config", first, markdown_code_block(config_to_json(config_).dump(2)));
+  tensorboard_->flush();
+}
+
+void Trainer::write_record(const nlohmann::json& record) {
+  metrics_->write(record);
+  if (!tensorboard_) return;
+  const int64_t step = record.at("step").get<int64_t>();
+  for (const auto& [key, tag] : kTensorBoardScalars)
+    if (auto value = record.find(key); value != record.end())
+      tensorboard_->scalar(tag, step, value->get<double>());
+  tensorboard_->flush();
 }
 
 TrainSummary Trainer::train() {
   TrainSummary summary;
+  open_tensorboard();
   start_time_ = last_log_time_ = last_save_time_ = Clock::now();
   first_step_ = state_.step;
   last_log_tokens_ = state_.tokens_seen;

@@ -21,6 +21,7 @@ OTHER_TOOLS = {
     "torchrun": "PyTorch's launcher (--nproc-per-node, --no-python)",
     "huggingface-cli": "the Hugging Face hub's downloader (--local-dir)",
     "perf": "Linux perf (perf report --no-children --sort)",
+    "tensorboard": "TensorBoard's server (tensorboard --logdir)",
 }
 # Scripts that pass their options on to an lmtune subcommand: their flags are that subcommand's.
 SCRIPTS_FORWARDING = {

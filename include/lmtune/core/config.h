@@ -52,7 +52,7 @@ struct RunConfig {
   void visit(V& v) {
     v(output_dir, Field("output_dir",
                         "Run directory: config.json, metrics.jsonl, train.log, "
-                        "checkpoints/ and final/. Empty means "
+                        "tensorboard/, checkpoints/ and final/. Empty means "
                         "runs/<config name> in the working directory.")
                       .path());
     v(seed, Field("seed", "Seed for weight initialisation, dropout and the data order.").min(0));
@@ -234,6 +234,7 @@ struct TrainConfig {
   double max_grad_norm = 1.0;  // clip the global gradient norm; 0 disables clipping
   ChunkedLoss chunked_loss = ChunkedLoss::kAuto;  // vocabulary projection + loss in chunks
   int64_t loss_chunk_tokens = 512;                // tokens per chunk of the chunked loss
+  int64_t vocab_padding = 0;  // plain loss: project onto V padded to a multiple of this; 0 = off
   bool freeze_embeddings = false;             // wte and wpe get no gradient and no optimizer state
   int64_t freeze_layers = 0;                  // the first N blocks are frozen
   double loss_scale_init = 65536.0;           // fp16: initial dynamic loss scale
@@ -281,6 +282,13 @@ struct TrainConfig {
                           "an eighth of the GPU's memory on a GPU (docs/memory.md)."));
     v(loss_chunk_tokens,
       Field("loss_chunk_tokens", "Tokens per chunk of the chunked loss.").min(1));
+    v(vocab_padding,
+      Field("vocab_padding",
+            "With the plain loss, project onto the vocabulary padded with zero rows to a "
+            "multiple of this (64 is the usual choice) and drop the padded logits: the same "
+            "values from matrix products of sizes GPU libraries run fast (GPT-2's odd 50,257 "
+            "gets slow kernels: docs/benchmarks.md, GPU). 0 = off.")
+          .min(0));
     v(freeze_embeddings, Field("freeze_embeddings",
                                "Freeze the token and position embeddings (wte, wpe); a tied "
                                "lm_head is frozen with them."));
@@ -309,6 +317,8 @@ struct EvalConfig {
   int64_t every_steps = 100;  // 0 = only at the end
   int64_t max_batches = 0;    // 0 = the whole validation set
   int64_t patience = 0;       // stop after this many evaluations without improvement; 0 = never
+  std::vector<std::string> sample_prompts;  // greedy continuations written to TensorBoard
+  int64_t sample_new_tokens = 32;           // tokens generated per sample prompt at most
 
   template <class V>
   void visit(V& v) {
@@ -322,6 +332,14 @@ struct EvalConfig {
                       "Early stopping: stop when the validation loss has not improved for this "
                       "many evaluations; 0 never stops early.")
                     .min(0));
+    v(sample_prompts, Field("sample_prompts",
+                            "Prompts continued greedily by the model at each evaluation; the "
+                            "continuations are written to TensorBoard as text (with "
+                            "logging.tensorboard)."));
+    v(sample_new_tokens,
+      Field("sample_new_tokens", "Tokens generated at most for each of sample_prompts.")
+          .min(1)
+          .max(4096));
   }
 };
 
@@ -349,6 +367,7 @@ struct CheckpointConfig {
 
 struct LoggingConfig {
   int64_t every_steps = 10;
+  bool tensorboard = true;  // event files in RUN/tensorboard/
 
   template <class V>
   void visit(V& v) {
@@ -356,6 +375,10 @@ struct LoggingConfig {
                          "Log a progress line and a metrics.jsonl record every N "
                          "optimizer steps.")
                        .min(1));
+    v(tensorboard, Field("tensorboard",
+                         "Write TensorBoard event files in tensorboard/ of the run directory: "
+                         "the metrics.jsonl values as scalars, the resolved config and "
+                         "eval.sample_prompts' continuations as text."));
   }
 };
 

@@ -90,6 +90,11 @@ class CausalLMImpl : public torch::nn::Module {
 
   // Activation checkpointing of every `every`-th block (0, every, 2 * every, ...); 0 turns it off.
   void set_gradient_checkpointing(int64_t every) { checkpoint_every_ = every; }
+  // forward() projects onto a vocabulary padded with zero rows to a multiple of `multiple` and
+  // returns a view of the first V logits: the same values, from matrix products whose sizes GPU
+  // libraries run fast (an odd V such as GPT-2's 50,257 gets slow kernels). 0 turns it off.
+  void set_vocab_padding(int64_t multiple) { vocab_padding_ = multiple; }
+  int64_t vocab_padding() const { return vocab_padding_; }
 
  protected:
   // idx (B, T) -> (B, T, C): token (and position) embeddings of positions past .. past + T - 1.
@@ -102,6 +107,7 @@ class CausalLMImpl : public torch::nn::Module {
 
  private:
   int64_t checkpoint_every_ = 0;
+  int64_t vocab_padding_ = 0;
 };
 
 // A handle to any architecture, as the trainer holds it. Converts from the typed handles

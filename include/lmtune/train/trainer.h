@@ -17,6 +17,7 @@
 #include "lmtune/train/metrics.h"
 #include "lmtune/train/optim.h"
 #include "lmtune/train/setup.h"
+#include "lmtune/train/tensorboard.h"
 #include "lmtune/train/training_step.h"
 
 namespace lmtune {
@@ -61,7 +62,11 @@ class Trainer {
   // Records an evaluation for early stopping; true when training should stop.
   bool patience_exhausted(const EvalResult& eval);
   std::optional<EvalResult> evaluate_and_log(int64_t step);
+  void log_samples(int64_t step);
   void log_step(int64_t step, const TrainingStep::Result& result, double lr);
+  void open_tensorboard();
+  // One metrics.jsonl record, and its values as TensorBoard scalars at its step.
+  void write_record(const nlohmann::json& record);
   void save_final();
 
   Config config_;
@@ -78,6 +83,7 @@ class Trainer {
   std::unique_ptr<NonFiniteStreak> nonfinite_;
   int64_t loss_chunk_tokens_ = 0;  // 0 = the plain loss
   std::unique_ptr<MetricsFile> metrics_;
+  std::unique_ptr<EventFileWriter> tensorboard_;  // with logging.tensorboard
   std::unique_ptr<Progress> progress_;
   int64_t total_steps_ = 0;
   // The run's progress as a checkpoint saves it (step, data position, counters, ...), kept up to
