@@ -17,8 +17,21 @@ if [[ -z "${LMTUNE_CUDA_TESTS:-}" ]]; then
   command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU' && LMTUNE_CUDA_TESTS=1
 fi
 exclude=()
+untested_gpu=0
 if [[ "$LMTUNE_CUDA_TESTS" != 1 ]]; then
   echo "test: no GPU visible: the tests labelled cuda are not run (scripts/gpu-check.sh runs them)"
   exclude=(-LE cuda)
+elif ! ctest -N -L cuda | grep -q "Total Tests: [1-9]"; then
+  # The cuda tests are built only against a LibTorch with CUDA: a GPU with a CPU-only LibTorch
+  # would otherwise pass the suite without a single GPU test.
+  untested_gpu=1
 fi
-ctest --output-on-failure --timeout 900 -j "${LMTUNE_TEST_JOBS:-2}" "${exclude[@]}" "$@"
+status=0
+ctest --output-on-failure --timeout 900 -j "${LMTUNE_TEST_JOBS:-2}" "${exclude[@]}" "$@" || status=$?
+if ((untested_gpu)); then
+  echo "test: a GPU is visible but $build_dir holds no tests labelled cuda: the LibTorch it was" \
+    "built against has no CUDA, so the GPU code paths went untested (build against a CUDA" \
+    "LibTorch, as scripts/gpu-check.sh does)" >&2
+  ((status)) || status=1
+fi
+exit "$status"
