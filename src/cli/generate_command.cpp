@@ -45,28 +45,19 @@ std::vector<std::string> read_prompts(const std::string& path) {
   return prompts;
 }
 
-// The continuation of one prompt, without the end-of-text token that stopped it, as valid UTF-8:
-// bytes of a character the last ids cut short, or ids that decode to no character, become U+FFFD
-// as in Hugging Face's decode.
+// The continuation of one prompt as valid UTF-8, without the end-of-text token that stopped it.
 std::string continue_prompt(const CausalLM& model, const Tokenizer& tokenizer,
                             const std::string& text, const GenerateOptions& options,
                             int64_t& produced_tokens) {
   if (text.empty()) throw UsageError("--prompt: the prompt is empty");
-  // Framed as the model saw text in training and as transformers' tokenizer(prompt) gives it: a
-  // BOS first for Llama 3 and Llama 2.
-  std::vector<int64_t> prompt = tokenizer.framing().prefix;
-  const std::vector<int64_t> ids = tokenizer.encode(text);
-  prompt.insert(prompt.end(), ids.begin(), ids.end());
+  const std::vector<int64_t> prompt = prompt_ids(tokenizer, text);
   if (static_cast<int64_t>(prompt.size()) >= model->spec().context)
     throw UsageError("--prompt: " + std::to_string(prompt.size()) +
                      " tokens leave no room in the model's context of " +
                      std::to_string(model->spec().context));
   auto produced = generate(model, prompt, options);
   produced_tokens += static_cast<int64_t>(produced.size());
-  const auto& stops = options.stop_ids;
-  if (!produced.empty() && std::find(stops.begin(), stops.end(), produced.back()) != stops.end())
-    produced.pop_back();
-  return valid_utf8(tokenizer.decode(produced));
+  return continuation_text(tokenizer, std::move(produced), options.stop_ids);
 }
 
 void run(const GenerateArgs& args) {

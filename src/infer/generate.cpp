@@ -52,6 +52,21 @@ std::vector<int64_t> end_of_sequence_ids(const std::filesystem::path& model_dir,
   return ids;
 }
 
+std::vector<int64_t> prompt_ids(const Tokenizer& tokenizer, std::string_view text) {
+  std::vector<int64_t> ids = tokenizer.framing().prefix;
+  const std::vector<int64_t> encoded = tokenizer.encode(text);
+  ids.insert(ids.end(), encoded.begin(), encoded.end());
+  return ids;
+}
+
+std::string continuation_text(const Tokenizer& tokenizer, std::vector<int64_t> produced,
+                              const std::vector<int64_t>& stop_ids) {
+  if (!produced.empty() &&
+      std::find(stop_ids.begin(), stop_ids.end(), produced.back()) != stop_ids.end())
+    produced.pop_back();
+  return valid_utf8(tokenizer.decode(produced));
+}
+
 std::vector<int64_t> generate(const CausalLM& model, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options) {
   TORCH_CHECK(!prompt.empty(), "generate needs at least one prompt token");

@@ -359,19 +359,12 @@ void Trainer::log_samples(int64_t step) {
   options.stop_ids = end_of_sequence_ids(model_dir, model_->spec(), tokenizer_->eos_id());
   const bool was_training = model_->is_training();
   for (std::size_t i = 0; i < prompts.size(); ++i) {
-    // Framed as lmtune generate frames a prompt: a BOS first where the tokenizer adds one.
-    std::vector<int64_t> ids = tokenizer_->framing().prefix;
-    const std::vector<int64_t> text = tokenizer_->encode(prompts[i]);
-    ids.insert(ids.end(), text.begin(), text.end());
+    // Framed, generated and decoded as lmtune generate does it.
+    const std::vector<int64_t> ids = prompt_ids(*tokenizer_, prompts[i]);
     std::string continuation;
-    if (!ids.empty() && static_cast<int64_t>(ids.size()) < model_->spec().context) {
-      std::vector<int64_t> produced = generate(model_, ids, options);
-      const auto& stops = options.stop_ids;
-      if (!produced.empty() &&
-          std::find(stops.begin(), stops.end(), produced.back()) != stops.end())
-        produced.pop_back();
-      continuation = valid_utf8(tokenizer_->decode(produced));  // as lmtune generate prints it
-    }
+    if (!ids.empty() && static_cast<int64_t>(ids.size()) < model_->spec().context)
+      continuation =
+          continuation_text(*tokenizer_, generate(model_, ids, options), options.stop_ids);
     tensorboard_->text("samples/" + std::to_string(i + 1), step,
                        sample_markdown(prompts[i], continuation));
   }

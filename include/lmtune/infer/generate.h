@@ -5,8 +5,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <string>
+#include <string_view>
 #include <vector>
 
+#include "lmtune/io/tokenizer.h"
 #include "lmtune/model/causal_lm.h"
 
 namespace lmtune {
@@ -27,6 +30,15 @@ struct GenerateOptions {
 std::vector<int64_t> end_of_sequence_ids(const std::filesystem::path& model_dir,
                                          const ModelSpec& spec,
                                          std::optional<int64_t> tokenizer_eos);
+
+// The ids of a prompt framed as the model saw text in training and as transformers'
+// tokenizer(prompt) gives it: the tokenizer's prefix (a BOS for Llama 3 and Llama 2), then `text`.
+std::vector<int64_t> prompt_ids(const Tokenizer& tokenizer, std::string_view text);
+
+// The text of generated ids without the stop id that ended them, as valid UTF-8 (bytes of a
+// character the last ids cut short become U+FFFD, as in Hugging Face's decode).
+std::string continuation_text(const Tokenizer& tokenizer, std::vector<int64_t> produced,
+                              const std::vector<int64_t>& stop_ids);
 
 // The new token ids following `prompt` (not including it). Stops at a stop id, after
 // max_new_tokens, or when the model's context is full.
