@@ -298,6 +298,9 @@ PreparedData prepare_data(const DataConfig& config, const Tokenizer& tokenizer,
   spdlog::debug("token cache for {} train and {} validation file(s): {}", train_files.size(),
                 validation_files.size(), dir.string());
   if (auto cached = open_cache(dir, key, config.seq_len)) return std::move(*cached);
+  FileLock building = lock_cache_build(dir);
+  // Another process may have built it while this one waited for the lock.
+  if (auto cached = open_cache(dir, key, config.seq_len)) return std::move(*cached);
   build_cache(config, tokenizer, key, train_files, validation_files, dir, start);
   return open_splits(dir, config.seq_len, PrepareReport::from_json(read_meta(dir).at("report")));
 }

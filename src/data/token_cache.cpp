@@ -7,6 +7,9 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <string>
+
+#include <spdlog/spdlog.h>
 
 #include "lmtune/core/errors.h"
 #include "lmtune/core/hash.h"
@@ -219,6 +222,14 @@ std::string builder_id() {
   return std::string(host) + "-" + std::to_string(::getpid());
 }
 
+void create_cache_root(const fs::path& cache_root) {
+  std::error_code error;
+  fs::create_directories(cache_root, error);
+  if (error)
+    throw Error("cannot create the cache directory " + cache_root.string() + ": " +
+                error.message());
+}
+
 // Build directories of prepares that were killed would pile up in a cache every run shares: one
 // of this host whose process is gone is removed.
 void remove_abandoned_builds(const fs::path& cache_root) {
@@ -241,12 +252,17 @@ void remove_abandoned_builds(const fs::path& cache_root) {
 
 }  // namespace
 
+FileLock lock_cache_build(const fs::path& final_dir) {
+  create_cache_root(final_dir.parent_path());
+  return FileLock::lock(final_dir.parent_path() / ("." + final_dir.filename().string() + ".lock"), [&](pid_t holder) {
+    spdlog::info("waiting for {} to finish preparing the token cache {}",
+                 holder > 0 ? "lmtune pid " + std::to_string(holder) : "another lmtune process",
+                 final_dir.string());
+  });
+}
+
 fs::path make_build_dir(const fs::path& cache_root, const std::string& name) {
-  std::error_code error;
-  fs::create_directories(cache_root, error);
-  if (error)
-    throw Error("cannot create the cache directory " + cache_root.string() + ": " +
-                error.message());
+  create_cache_root(cache_root);
   remove_abandoned_builds(cache_root);
   // The host and process id keep two concurrent prepares of the same data apart.
   fs::path dir = cache_root / (".build-" + name + "-" + builder_id());

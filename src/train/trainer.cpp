@@ -70,6 +70,23 @@ double log_loss_scale(LossScaler& scaler, Progress& progress, int64_t since) {
   return scale;
 }
 
+// The run directory's lock file (io/file_lock.h): it holds the pid of the process training there.
+constexpr const char* kRunLockFile = "LOCK";
+
+// One process writes a run directory for its whole life: a second start on it (two jobs launched
+// together, or a --resume while the first still runs) stops here, before it reads or writes
+// anything there.
+FileLock lock_run_directory(const fs::path& dir) {
+  fs::create_directories(dir);
+  pid_t holder = 0;
+  auto lock = FileLock::try_lock(dir / kRunLockFile, holder);
+  if (!lock)
+    throw UsageError("run.output_dir: " + dir.string() + " is in use by another lmtune process" +
+                     (holder > 0 ? " (pid " + std::to_string(holder) + ")" : std::string()) +
+                     "; wait for it to end or stop it, or choose another run.output_dir");
+  return std::move(*lock);
+}
+
 // A run directory is worth protecting once it holds a complete checkpoint or a final model. One
 // left by a start that failed before its first save (a typo, a bad data line, Ctrl-C while
 // loading) is taken over by the next start: its metrics and unfinished checkpoints go, its log
@@ -101,6 +118,7 @@ void Trainer::setup() {
   ExitOnSignal setting_up;  // nothing to save before the first step: Ctrl-C just exits
   int64_t threads = set_threads(config_.run.threads);
   device_ = resolve_device(config_.run.device);
+  run_lock_ = lock_run_directory(config_.run.output_dir);
   if (config_.train.precision == Precision::kFp16 && !device_.is_cuda())
     throw ConfigError({"train.precision: fp16 needs a CUDA device, and run.device: " +
                        std::string(enum_name(config_.run.device)) +

@@ -270,5 +270,7 @@ def test_two_prepares_at_once_build_one_cache(setup, machine_cache):
         assert process.returncode == 0, err
         reports.append(json.loads(out))
     assert reports[0]["cache_dir"] == reports[1]["cache_dir"]
+    # Beside the cache, only its builders' lock file (test_run_lock.py tests the lock itself).
     entries = sorted(p.name for p in (machine_cache / "tokens").iterdir())
-    assert len(entries) == 1 and entries[0].startswith("tokens-"), entries
+    assert len(entries) == 2 and entries[1].startswith("tokens-"), entries
+    assert entries[0] == f".{entries[1]}.lock", entries

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lmtune/core/config.h"
+#include "lmtune/io/file_lock.h"
 #include "lmtune/io/tokenizer.h"
 
 namespace lmtune {
@@ -77,6 +78,11 @@ class SplitWriter {
 
 // Writes `text` to `path` and fsyncs it.
 void write_synced(const std::filesystem::path& path, const std::string& text);
+
+// The right to build the cache `final_dir`, held until the lock is destroyed: one process builds a
+// cache while others that want the same one wait here, then read what it published. Creates the
+// cache root.
+FileLock lock_cache_build(const std::filesystem::path& final_dir);
 
 // A new, empty directory in `cache_root` to build the cache `name` in.
 std::filesystem::path make_build_dir(const std::filesystem::path& cache_root,

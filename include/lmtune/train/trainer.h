@@ -9,6 +9,7 @@
 
 #include "lmtune/core/config.h"
 #include "lmtune/data/dataset.h"
+#include "lmtune/io/file_lock.h"
 #include "lmtune/io/tokenizer.h"
 #include "lmtune/model/causal_lm.h"
 #include "lmtune/train/checkpoint.h"
@@ -71,6 +72,8 @@ class Trainer {
 
   Config config_;
   std::optional<std::filesystem::path> resume_from_;
+  // run.output_dir's lock, held from setup to the end (declared first, so released last).
+  std::optional<FileLock> run_lock_;
   torch::Device device_{torch::kCPU};
   std::unique_ptr<Tokenizer> tokenizer_;
   CausalLM model_;
