@@ -9,6 +9,7 @@
 #include "lmtune/core/runtime.h"
 #include "lmtune/train/evaluate.h"
 #include "lmtune/train/plan.h"
+#include "lmtune/train/precision.h"
 #include "lmtune/train/setup.h"
 #include "options.h"
 
@@ -41,8 +42,9 @@ void add_eval_command(CLI::App& app) {
     set_threads(config.run.threads);
     torch::Device device = resolve_device(config.run.device);
     // micro_batch_size: auto evaluates in the micro-batches a training step would use.
-    if (auto chosen = resolve_auto_micro_batch(config, device); !chosen.empty())
-      spdlog::info(chosen);
+    for (const std::string& chosen :
+         {resolve_auto_precision(config, device), resolve_auto_micro_batch(config, device)})
+      if (!chosen.empty()) spdlog::info(chosen);
     auto tokenizer = load_tokenizer(tokenizer_dir(config));
     CausalLM model = build_model(config, *tokenizer, device).model;
     PreparedData data = prepare_data(config.data, *tokenizer, cache_root(config));

@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "lmtune/core/runtime.h"
 #include "lmtune/train/plan.h"
+#include "lmtune/train/precision.h"
 #include "lmtune/train/setup.h"
 #include "options.h"
 
@@ -61,6 +62,7 @@ void add_plan_command(CLI::App& app) {
     Config config = load_config(options->file, options->overrides());
     set_threads(config.run.threads);
     const DeviceMemory memory = measure_device_memory(resolve_device(config.run.device));
+    const std::string precision = resolve_auto_precision(config, memory.device);
     const ModelCensus census = census_of(config, memory);
     std::string micro = std::to_string(config.train.micro_batch_size);
     if (config.train.micro_batch_size == kAutoMicroBatch) {
@@ -74,7 +76,9 @@ void add_plan_command(CLI::App& app) {
         "{} model, {:.1f} M parameters, {:.1f} M trainable; {}, {}; micro-batch {} x {} tokens, "
         "{} accumulated\n",
         census.model_type, census.parameters / 1e6, census.trainable / 1e6, memory.device.str(),
-        enum_name(config.train.precision), micro, config.data.seq_len, plan.grad_accum_steps);
+        precision.empty() ? enum_name(config.train.precision)
+                          : "auto: " + std::string(enum_name(config.train.precision)),
+        micro, config.data.seq_len, plan.grad_accum_steps);
     print_table(plan, memory);
     const std::vector<Lever> levers = plan_levers(config, census, memory);
     print_levers(levers);

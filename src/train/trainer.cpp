@@ -16,6 +16,7 @@
 #include "lmtune/train/freeze.h"
 #include "lmtune/train/memory.h"
 #include "lmtune/train/plan.h"
+#include "lmtune/train/precision.h"
 #include "lmtune/train/setup.h"
 #include "lmtune/train/signals.h"
 
@@ -125,12 +126,14 @@ void Trainer::setup() {
                        " resolved to the CPU; use bf16 on the CPU"});
   torch::manual_seed(static_cast<uint64_t>(config_.run.seed));
   if (device_.is_cuda()) torch::cuda::manual_seed_all(static_cast<uint64_t>(config_.run.seed));
+  const std::string precision = resolve_auto_precision(config_, device_, resume_from_);
   spdlog::info("device {}, {} thread(s), precision {}", device_.str(), threads,
                enum_name(config_.train.precision));
 
   const std::string micro_batch = resolve_auto_micro_batch(config_, device_, resume_from_);
   prepare_run_directory();
-  if (!micro_batch.empty()) progress_->message(micro_batch);
+  for (const std::string& chosen : {precision, micro_batch})
+    if (!chosen.empty()) progress_->message(chosen);
   tokenizer_ = load_tokenizer(tokenizer_dir(config_));
   BuiltModel built = build_model(config_, *tokenizer_, device_);
   model_ = built.model;

@@ -49,7 +49,7 @@ def test_resolved_config_has_every_default(lmtune, tmp_path):
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)
     assert resolved["train"]["lr"] == 3e-4
-    assert resolved["train"]["precision"] == "bf16"
+    assert resolved["train"]["precision"] == "auto"  # resolved when a run starts
     assert resolved["data"]["train"] == str(tmp_path / "train.txt")
     assert set(resolved) == {"run", "model", "data", "train", "eval", "checkpoint", "logging",
                              "lora"}

@@ -27,11 +27,14 @@ struct EnumNames<ModelInit> {
       {{ModelInit::kPretrained, "pretrained"}, {ModelInit::kRandom, "random"}}};
 };
 
-enum class Precision { kFp32, kBf16, kFp16 };
+// kAuto is resolved to one of the others when a run starts (train/precision.h).
+enum class Precision { kFp32, kBf16, kFp16, kAuto };
 template <>
 struct EnumNames<Precision> {
-  static constexpr EnumTable<Precision, 3> kTable{
-      {{Precision::kFp32, "fp32"}, {Precision::kBf16, "bf16"}, {Precision::kFp16, "fp16"}}};
+  static constexpr EnumTable<Precision, 4> kTable{{{Precision::kFp32, "fp32"},
+                                                   {Precision::kBf16, "bf16"},
+                                                   {Precision::kFp16, "fp16"},
+                                                   {Precision::kAuto, "auto"}}};
 };
 
 enum class Schedule { kConstant, kLinear, kCosine };
@@ -222,7 +225,7 @@ struct TrainConfig {
   int64_t epochs = 0;            // passes over the training data; > 0 replaces max_steps
   int64_t micro_batch_size = 8;  // sequences per forward/backward pass; kAutoMicroBatch = auto
   int64_t grad_accum_steps = 1;  // micro-batches per optimizer step
-  Precision precision = Precision::kBf16;
+  Precision precision = Precision::kAuto;
   double lr = 3.0e-4;         // peak learning rate, reached after warmup
   double min_lr = 0.0;        // floor of the schedule
   double weight_decay = 0.1;  // AdamW decoupled decay; never applied to biases or LayerNorm
@@ -259,8 +262,10 @@ struct TrainConfig {
     v(grad_accum_steps,
       Field("grad_accum_steps", "Micro-batches accumulated into one optimizer step.").min(1));
     v(precision, Field("precision",
-                       "Compute precision: fp32, bf16 autocast, or fp16 autocast "
-                       "with loss scaling (CUDA only)."));
+                       "Compute precision: fp32, bf16 autocast, fp16 autocast with loss "
+                       "scaling (CUDA only), or auto: bf16 on GPUs that have it, else fp16; on "
+                       "the CPU the faster of fp32 and bf16 by a probe at start-up (the choice "
+                       "and its reason are logged; config.json records the choice)."));
     v(lr, Field("lr", "Peak learning rate, reached at the end of warmup.").above(0));
     v(min_lr, Field("min_lr", "Learning-rate floor of the schedule.").min(0));
     v(weight_decay, Field("weight_decay",
