@@ -1,7 +1,9 @@
 #include "lmtune/train/trainer.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
+#include <limits>
 
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
@@ -70,6 +72,41 @@ double log_loss_scale(LossScaler& scaler, Progress& progress, int64_t since) {
                     skipped, since, scale));
   return scale;
 }
+
+// Test hook: LMTUNE_TEST_NAN_STEPS=3,4 makes those steps numerically broken, as a bad batch or a
+// diverging model would: while the step runs, the token embedding of its first input token is NaN
+// (restored afterwards), so its loss and every gradient are NaN. Tests check through it that such
+// a step is skipped and that train.max_nonfinite_steps stops the run.
+class NanForTesting {
+ public:
+  NanForTesting(CausalLMImpl& model, const Batch& batch, int64_t step) {
+    const char* steps = std::getenv("LMTUNE_TEST_NAN_STEPS");
+    if (!steps || !listed(steps, step)) return;
+    torch::NoGradGuard no_grad;
+    row_ = model.embedding_parameters().front()[batch.inputs[0][0].item<int64_t>()];
+    saved_ = row_.clone();
+    row_.fill_(std::numeric_limits<float>::quiet_NaN());
+  }
+  ~NanForTesting() {
+    if (!row_.defined()) return;
+    torch::NoGradGuard no_grad;
+    row_.copy_(saved_);
+  }
+  NanForTesting(const NanForTesting&) = delete;
+  NanForTesting& operator=(const NanForTesting&) = delete;
+
+ private:
+  static bool listed(const std::string& steps, int64_t step) {
+    std::size_t start = 0;
+    while (start <= steps.size()) {
+      const std::size_t end = std::min(steps.find(',', start), steps.size());
+      if (steps.substr(start, end - start) == std::to_string(step)) return true;
+      start = end + 1;
+    }
+    return false;
+  }
+  torch::Tensor row_, saved_;
+};
 
 // The run directory's lock file (io/file_lock.h): it holds the pid of the process training there.
 constexpr const char* kRunLockFile = "LOCK";
@@ -306,6 +343,7 @@ TrainingStep::Result Trainer::train_step(double lr) {
   }
   TrainingStep::Result result;
   try {
+    NanForTesting poison(*model_, batches.front(), state_.step + 1);
     result = training_step_->run(batches, lr);
   } catch (const c10::OutOfMemoryError&) {
     throw out_of_memory_error(config_, device_, state_.step + 1);
