@@ -12,35 +12,35 @@
 namespace lmtune {
 namespace {
 
-constexpr std::size_t kMiB = std::size_t{1} << 20;
+constexpr std::size_t kBlockMiB = std::size_t{1} << 20;
 
 TEST(HostCache, ReleasedBlockServesTheNextRequestOfItsSize) {
   HostCache cache;
-  void* first = cache.take(8 * kMiB);
-  std::memset(first, 7, 8 * kMiB);  // the block is writable to its end
+  void* first = cache.take(8 * kBlockMiB);
+  std::memset(first, 7, 8 * kBlockMiB);  // the block is writable to its end
   EXPECT_EQ(reinterpret_cast<std::uintptr_t>(first) % 4096, 0u);
   ASSERT_TRUE(cache.give_back(first));
-  EXPECT_EQ(cache.stats().cached_bytes, static_cast<int64_t>(8 * kMiB));
+  EXPECT_EQ(cache.stats().cached_bytes, static_cast<int64_t>(8 * kBlockMiB));
 
-  void* second = cache.take(8 * kMiB);
+  void* second = cache.take(8 * kBlockMiB);
   EXPECT_EQ(second, first);
   HostCacheStats stats = cache.stats();
   EXPECT_EQ(stats.hits, 1);
   EXPECT_EQ(stats.misses, 1);
-  EXPECT_EQ(stats.live_bytes, static_cast<int64_t>(8 * kMiB));
+  EXPECT_EQ(stats.live_bytes, static_cast<int64_t>(8 * kBlockMiB));
   EXPECT_EQ(stats.cached_bytes, 0);
   cache.give_back(second);
 }
 
 TEST(HostCache, BlockServesRequestsUpToAThirdSmallerOnly) {
   HostCache cache;
-  void* block = cache.take(12 * kMiB);
+  void* block = cache.take(12 * kBlockMiB);
   cache.give_back(block);
-  void* fits = cache.take(8 * kMiB);  // 12 MiB is exactly half again 8 MiB
+  void* fits = cache.take(8 * kBlockMiB);  // 12 MiB is exactly half again 8 MiB
   EXPECT_EQ(fits, block);
   EXPECT_EQ(cache.stats().hits, 1);
   cache.give_back(fits);
-  void* too_small = cache.take(7 * kMiB);  // 12 MiB is more than half again 7 MiB
+  void* too_small = cache.take(7 * kBlockMiB);  // 12 MiB is more than half again 7 MiB
   EXPECT_EQ(cache.stats().hits, 1);
   EXPECT_EQ(cache.stats().misses, 2);
   cache.give_back(too_small);
@@ -57,15 +57,15 @@ TEST(HostCache, GiveBackRefusesPointersItDidNotHandOut) {
 
 TEST(HostCache, EvictsIdleBlocksRatherThanHoldMoreThanTheLivePeak) {
   HostCache cache;
-  void* small = cache.take(8 * kMiB);
+  void* small = cache.take(8 * kBlockMiB);
   cache.give_back(small);
   // 16 MiB live would make 24 MiB held with the idle 8 MiB: more than the new peak of 16 MiB
   // plus a tenth, so the idle block goes back to the kernel first.
-  void* large = cache.take(16 * kMiB);
+  void* large = cache.take(16 * kBlockMiB);
   HostCacheStats stats = cache.stats();
   EXPECT_EQ(stats.evictions, 1);
   EXPECT_EQ(stats.cached_bytes, 0);
-  EXPECT_EQ(stats.peak_held_bytes, static_cast<int64_t>(16 * kMiB));
+  EXPECT_EQ(stats.peak_held_bytes, static_cast<int64_t>(16 * kBlockMiB));
   cache.give_back(large);
 }
 
@@ -80,7 +80,7 @@ TEST(HostCache, RandomTrafficNeverHoldsMoreThanATenthAboveTheLivePeak) {
       ASSERT_TRUE(cache.give_back(live[victim]));
       live.erase(live.begin() + static_cast<std::ptrdiff_t>(victim));
     } else if (live.size() < 12) {
-      live.push_back(cache.take(size_mib(rng) * kMiB + rng() % 4096));
+      live.push_back(cache.take(size_mib(rng) * kBlockMiB + rng() % 4096));
     }
   }
   HostCacheStats stats = cache.stats();

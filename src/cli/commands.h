@@ -26,6 +26,7 @@ void add_merge_command(CLI::App& app);
 void add_plan_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
+void add_export_command(CLI::App& app);
 void add_prepare_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 

@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   cli::add_plan_command(app);
   cli::add_train_command(app);
   cli::add_eval_command(app);
+  cli::add_export_command(app);
   cli::add_prepare_command(app);
   cli::add_tokenize_command(app);
 

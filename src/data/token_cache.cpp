@@ -13,6 +13,7 @@
 
 #include "lmtune/core/errors.h"
 #include "lmtune/core/hash.h"
+#include "lmtune/io/atomic_file.h"
 #include "lmtune/io/remove_tree.h"
 #include "lmtune/io/tokenizer.h"
 
@@ -44,18 +45,6 @@ int open_for_writing(const fs::path& path) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw Error(system_error("cannot create " + path.string()));
   return fd;
-}
-
-void write_all(int fd, const fs::path& path, const uint8_t* data, std::size_t size) {
-  while (size > 0) {
-    ssize_t written = ::write(fd, data, size);
-    if (written < 0) {
-      if (errno == EINTR) continue;
-      throw Error(system_error("cannot write " + path.string()));
-    }
-    data += written;
-    size -= static_cast<std::size_t>(written);
-  }
 }
 
 void sync_and_close(int& fd, const fs::path& path) {
@@ -193,8 +182,8 @@ void SplitWriter::pad_to_window() {
 }
 
 void SplitWriter::flush() {
-  write_all(tokens_fd_, tokens_path_, token_bytes_.data(), token_bytes_.size());
-  write_all(mask_fd_, mask_path_, mask_bytes_.data(), mask_bytes_.size());
+  write_all(tokens_fd_, token_bytes_.data(), token_bytes_.size(), tokens_path_);
+  write_all(mask_fd_, mask_bytes_.data(), mask_bytes_.size(), mask_path_);
   token_bytes_.clear();
   mask_bytes_.clear();
 }
@@ -202,7 +191,7 @@ void SplitWriter::flush() {
 void write_synced(const fs::path& path, const std::string& text) {
   int fd = open_for_writing(path);
   try {
-    write_all(fd, path, reinterpret_cast<const uint8_t*>(text.data()), text.size());
+    write_all(fd, text.data(), text.size(), path);
     sync_and_close(fd, path);
   } catch (...) {
     ::close(fd);
@@ -254,11 +243,12 @@ void remove_abandoned_builds(const fs::path& cache_root) {
 
 FileLock lock_cache_build(const fs::path& final_dir) {
   create_cache_root(final_dir.parent_path());
-  return FileLock::lock(final_dir.parent_path() / ("." + final_dir.filename().string() + ".lock"), [&](pid_t holder) {
-    spdlog::info("waiting for {} to finish preparing the token cache {}",
-                 holder > 0 ? "lmtune pid " + std::to_string(holder) : "another lmtune process",
-                 final_dir.string());
-  });
+  return FileLock::lock(
+      final_dir.parent_path() / ("." + final_dir.filename().string() + ".lock"), [&](pid_t holder) {
+        spdlog::info("waiting for {} to finish preparing the token cache {}",
+                     holder > 0 ? "lmtune pid " + std::to_string(holder) : "another lmtune process",
+                     final_dir.string());
+      });
 }
 
 fs::path make_build_dir(const fs::path& cache_root, const std::string& name) {

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lmtune/core/errors.h"
+#include "lmtune/io/atomic_file.h"
 #include "lmtune/io/mapped_file.h"
 
 namespace lmtune {
@@ -41,10 +42,6 @@ const DtypeSpelling& dtype_by_type(torch::Dtype dtype) {
     if (d.dtype == dtype) return d;
   throw Error(std::string("safetensors: cannot write tensors of dtype ") +
               std::string(c10::toString(dtype)) + "; use float32, float16 or bfloat16");
-}
-
-std::string system_error(const std::string& what) {
-  return what + ": " + std::strerror(errno);
 }
 
 }  // namespace
@@ -78,8 +75,9 @@ SafetensorsFile::SafetensorsFile(const fs::path& path)
       }
       continue;
     }
+    const std::string& tensor = name;  // clang before 16 cannot capture a structured binding
     auto bad = [&](const std::string& message) {
-      return fail("tensor '" + name + "': " + message);
+      return fail("tensor '" + tensor + "': " + message);
     };
     if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") ||
         !info.contains("data_offsets"))
@@ -97,7 +95,10 @@ SafetensorsFile::SafetensorsFile(const fs::path& path)
       if (!dim.is_number_unsigned())
         throw bad("shape has a dimension that is not a non-negative integer");
       uint64_t d = dim.get<uint64_t>();
-      if (d != 0 && elements > std::numeric_limits<uint64_t>::max() / d / dtype->bytes)
+      // A dimension above INT64_MAX would turn negative in the int64 shape, and next to a zero
+      // dimension it passes the product check (tests/fuzz/safetensors/review-*).
+      if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+          (d != 0 && elements > std::numeric_limits<uint64_t>::max() / d / dtype->bytes))
         throw bad("shape is too large");
       elements *= d;
       entry.shape.push_back(static_cast<int64_t>(d));
@@ -142,53 +143,6 @@ torch::Tensor SafetensorsFile::read(const SafetensorsEntry& entry) const {
   return out;
 }
 
-namespace {
-
-// Writes everything or throws; a short write (ENOSPC, EFBIG) is reported with the file's name.
-void write_all(int fd, const void* data, std::size_t size, const fs::path& path) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    ssize_t n = ::write(fd, p, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0)
-      throw Error(path.string() + ": " + system_error("write failed") + " (is the disk full?)");
-    p += n;
-    size -= static_cast<std::size_t>(n);
-  }
-}
-
-void fsync_directory(const fs::path& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
-}
-
-// Runs `write(fd)` on a temporary file beside `path`, then fsyncs and renames it into place.
-template <class WriteFn>
-void replace_atomically(const fs::path& path, WriteFn&& write) {
-  fs::path tmp = path;
-  tmp += ".tmp-" + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(tmp.string() + ": " + system_error("cannot create"));
-  try {
-    write(fd, tmp);
-    if (::fsync(fd) != 0) throw Error(tmp.string() + ": " + system_error("fsync failed"));
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    ::unlink(tmp.c_str());
-    throw Error(path.string() + ": " + system_error("cannot rename the temporary file into place"));
-  }
-  fsync_directory(path.parent_path().empty() ? fs::path(".") : path.parent_path());
-}
-
-}  // namespace
-
 void write_safetensors(const fs::path& path, const NamedTensors& tensors,
                        const std::map<std::string, std::string>& metadata) {
   json header = json::object();
@@ -209,7 +163,7 @@ void write_safetensors(const fs::path& path, const NamedTensors& tensors,
   uint8_t length[8];
   for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(uint64_t(text.size()) >> (8 * i));
 
-  replace_atomically(path, [&](int fd, const fs::path& tmp) {
+  replace_file_atomically(path, [&](int fd, const fs::path& tmp) {
     write_all(fd, length, sizeof(length), tmp);
     write_all(fd, text.data(), text.size(), tmp);
     for (const auto& t : contiguous) write_all(fd, t.data_ptr(), t.numel() * t.element_size(), tmp);
@@ -217,7 +171,7 @@ void write_safetensors(const fs::path& path, const NamedTensors& tensors,
 }
 
 void write_file_atomically(const fs::path& path, const std::string& text) {
-  replace_atomically(
+  replace_file_atomically(
       path, [&](int fd, const fs::path& tmp) { write_all(fd, text.data(), text.size(), tmp); });
 }
 

@@ -286,19 +286,22 @@ AdapterConfig read_adapter_config(const fs::path& dir) {
   if (!fs::exists(file))
     throw InputError(dir.string(),
                      "not an adapter directory: no adapter_config.json (PEFT's or lmtune's)");
-  const json j = read_json_file(file);
+  const json j = read_json_file(file, "the adapter config", /*object=*/true);
   const std::string where = file.string();
   auto refuse = [&](const std::string& what) {
     throw InputError(where, what + "; lmtune runs plain LoRA adapters on linear layers");
   };
-  if (j.value("peft_type", std::string("LORA")) != "LORA")
-    refuse("peft_type " + j["peft_type"].dump() + " is not LORA");
-  if (j.value("use_dora", false)) refuse("use_dora is true (DoRA)");
-  if (j.value("bias", std::string("none")) != "none") refuse("bias is " + j["bias"].dump());
-  if (j.value("lora_bias", false)) refuse("lora_bias is true");
-  if (j.contains("alpha_pattern") && j["alpha_pattern"].is_object() && !j["alpha_pattern"].empty())
-    refuse("alpha_pattern sets per-module alphas");
+  // json::value() throws json::type_error on a field of another type ("peft_type": 1), so the
+  // checks are inside the try too (tests/fuzz/adapter_config/review-*).
   try {
+    if (j.value("peft_type", std::string("LORA")) != "LORA")
+      refuse("peft_type " + j["peft_type"].dump() + " is not LORA");
+    if (j.value("use_dora", false)) refuse("use_dora is true (DoRA)");
+    if (j.value("bias", std::string("none")) != "none") refuse("bias is " + j["bias"].dump());
+    if (j.value("lora_bias", false)) refuse("lora_bias is true");
+    if (j.contains("alpha_pattern") && j["alpha_pattern"].is_object() &&
+        !j["alpha_pattern"].empty())
+      refuse("alpha_pattern sets per-module alphas");
     AdapterConfig out;
     out.spec.r = j.value("r", int64_t{8});
     out.spec.alpha = j.value("lora_alpha", 8.0);
@@ -385,12 +388,16 @@ void merge_lora(CausalLMImpl& model) {
   for (auto& site : projection_sites(model)) site.projection->merge_lora();
 }
 
-void write_merged_model(const fs::path& base_dir, const fs::path& adapter_dir,
-                        const fs::path& out_dir, const Tokenizer* tokenizer) {
+CausalLM load_merged_model(const fs::path& base_dir, const fs::path& adapter_dir) {
   CausalLM model = load_causal_lm(base_dir);
   load_adapter(*model, adapter_dir);
   merge_lora(*model);
-  save_hf_model(*model, out_dir, tokenizer);
+  return model;
+}
+
+void write_merged_model(const fs::path& base_dir, const fs::path& adapter_dir,
+                        const fs::path& out_dir, const Tokenizer* tokenizer) {
+  save_hf_model(*load_merged_model(base_dir, adapter_dir), out_dir, tokenizer);
 }
 
 bool is_adapter_dir(const fs::path& dir) {

@@ -95,8 +95,12 @@ int64_t quantize_base(CausalLMImpl& model, QuantType type, bool double_quant);
 // Folds every adapter into its base weight (W += scaling * B A) and removes the adapters.
 void merge_lora(CausalLMImpl& model);
 
-// Writes the base model of `base_dir` with the adapter of `adapter_dir` folded in as a plain HF
-// model directory (config.json, model.safetensors or shards, and the tokenizer when given).
+// The base model of `base_dir` (fp32, on the CPU) with the adapter of `adapter_dir` folded in.
+CausalLM load_merged_model(const std::filesystem::path& base_dir,
+                           const std::filesystem::path& adapter_dir);
+
+// Writes load_merged_model's model as a plain HF model directory (config.json, model.safetensors
+// or shards, and the tokenizer when given).
 void write_merged_model(const std::filesystem::path& base_dir,
                         const std::filesystem::path& adapter_dir,
                         const std::filesystem::path& out_dir, const Tokenizer* tokenizer);
