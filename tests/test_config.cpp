@@ -40,7 +40,7 @@ TEST_F(ConfigTest, DefaultsFillEveryKey) {
   Config config = lmtune::load_config(write("c.json", kMinimalJson));
   EXPECT_EQ(config.run.seed, 1234);
   EXPECT_EQ(config.train.micro_batch_size, 8);
-  EXPECT_EQ(config.train.precision, lmtune::Precision::kBf16);
+  EXPECT_EQ(config.train.precision, lmtune::Precision::kAuto);  // resolved when a run starts
   EXPECT_EQ(config.train.schedule, lmtune::Schedule::kCosine);
   EXPECT_DOUBLE_EQ(config.train.lr, 3.0e-4);
   json resolved = lmtune::config_to_json(config);
@@ -115,7 +115,7 @@ TEST_F(ConfigTest, EveryProblemIsReportedAtOnce) {
   EXPECT_TRUE(has("model.n_layers: unknown key; did you mean 'n_layer'?"));
   EXPECT_TRUE(has("data.seq_len: expected an integer, got string \"long\""));
   EXPECT_TRUE(has("train.lr: must be > 0, got -1"));
-  EXPECT_TRUE(has("train.precision: expected one of fp32, bf16, fp16, got \"fp8\""));
+  EXPECT_TRUE(has("train.precision: expected one of fp32, bf16, fp16, auto, got \"fp8\""));
   EXPECT_TRUE(has("train.max_steps: expected an integer, got number 2.5"));
   EXPECT_TRUE(has("trian: unknown section; did you mean 'train'?"));
 }

@@ -436,13 +436,59 @@ json infer_scalar(const std::string& text) {
   return text;
 }
 
+// Whether `text` is well-formed UTF-8 (Unicode's table 3-7: no overlong forms, no surrogates,
+// nothing above U+10FFFF).
+bool is_utf8(const std::string& text) {
+  for (std::size_t i = 0; i < text.size();) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t continuation = 0;
+    unsigned char low = 0x80, high = 0xbf;  // the range of the byte after the lead
+    if (lead >= 0xc2 && lead <= 0xdf) {
+      continuation = 1;
+    } else if (lead >= 0xe0 && lead <= 0xef) {
+      continuation = 2;
+      if (lead == 0xe0) low = 0xa0;
+      if (lead == 0xed) high = 0x9f;
+    } else if (lead >= 0xf0 && lead <= 0xf4) {
+      continuation = 3;
+      if (lead == 0xf0) low = 0x90;
+      if (lead == 0xf4) high = 0x8f;
+    } else {
+      return false;
+    }
+    if (text.size() - i <= continuation) return false;
+    for (std::size_t k = 1; k <= continuation; ++k) {
+      const auto byte = static_cast<unsigned char>(text[i + k]);
+      if (byte < (k == 1 ? low : 0x80) || byte > (k == 1 ? high : 0xbf)) return false;
+    }
+    i += continuation + 1;
+  }
+  return true;
+}
+
+// A YAML scalar or key as text for the JSON tree. yaml-cpp passes a file's invalid UTF-8 bytes
+// through, and the JSON tree throws json::type_error when it prints them (in an error message);
+// such text is a ConfigError at its line instead (tests/fuzz/config_yaml/review-*).
+const std::string& utf8_scalar(const YAML::Node& node, const std::string& file) {
+  if (!is_utf8(node.Scalar()))
+    throw ConfigError({file + ":" + std::to_string(node.Mark().line + 1) + ":" +
+                       std::to_string(node.Mark().column + 1) +
+                       ": not valid UTF-8 text; save the file as UTF-8"});
+  return node.Scalar();
+}
+
 json yaml_to_json(const YAML::Node& node, const std::string& file) {
   switch (node.Type()) {
     case YAML::NodeType::Map: {
       json object = json::object();
       std::map<std::string, int> first_line;  // of each key, to name both lines of a duplicate
       for (const auto& entry : node) {
-        std::string key = entry.first.as<std::string>();
+        std::string key =
+            entry.first.IsScalar() ? utf8_scalar(entry.first, file) : entry.first.as<std::string>();
         const int line = entry.first.Mark().line + 1;
         if (auto [it, added] = first_line.emplace(key, line); !added)
           throw ConfigError({file + ":" + std::to_string(line) + ": duplicate key '" + key +
@@ -459,7 +505,8 @@ json yaml_to_json(const YAML::Node& node, const std::string& file) {
     }
     case YAML::NodeType::Scalar:
       // Quoted scalars carry the tag "!" and stay strings; plain ones are typed.
-      return node.Tag() == "!" ? json(node.Scalar()) : infer_scalar(node.Scalar());
+      return node.Tag() == "!" ? json(utf8_scalar(node, file))
+                               : infer_scalar(utf8_scalar(node, file));
     default:
       return nullptr;
   }

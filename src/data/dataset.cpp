@@ -206,8 +206,10 @@ PreparedData open_splits(const fs::path& dir, int64_t seq_len, PrepareReport rep
   return data;
 }
 
-// The complete cache in `dir` made with `key`, if there is one. A damaged one is removed.
-std::optional<PreparedData> open_cache(const fs::path& dir, const json& key, int64_t seq_len) {
+}  // namespace
+
+std::optional<PreparedData> open_token_cache(const fs::path& dir, const json& key,
+                                             int64_t seq_len) {
   if (!fs::exists(dir / kCacheMetaFile)) {
     remove_tree(dir);  // not published by prepare_data, which renames complete caches only
     return std::nullopt;
@@ -225,6 +227,8 @@ std::optional<PreparedData> open_cache(const fs::path& dir, const json& key, int
     return std::nullopt;
   }
 }
+
+namespace {
 
 // Builds the cache in a private directory and publishes it complete under `dir`.
 void build_cache(const DataConfig& config, const Tokenizer& tokenizer, const json& key,
@@ -297,10 +301,10 @@ PreparedData prepare_data(const DataConfig& config, const Tokenizer& tokenizer,
   fs::path dir = cache_root / cache_dir_name(key);
   spdlog::debug("token cache for {} train and {} validation file(s): {}", train_files.size(),
                 validation_files.size(), dir.string());
-  if (auto cached = open_cache(dir, key, config.seq_len)) return std::move(*cached);
+  if (auto cached = open_token_cache(dir, key, config.seq_len)) return std::move(*cached);
   FileLock building = lock_cache_build(dir);
   // Another process may have built it while this one waited for the lock.
-  if (auto cached = open_cache(dir, key, config.seq_len)) return std::move(*cached);
+  if (auto cached = open_token_cache(dir, key, config.seq_len)) return std::move(*cached);
   build_cache(config, tokenizer, key, train_files, validation_files, dir, start);
   return open_splits(dir, config.seq_len, PrepareReport::from_json(read_meta(dir).at("report")));
 }

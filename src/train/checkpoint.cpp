@@ -77,7 +77,30 @@ std::string generator_state_hex(at::Generator generator) {
 
 void set_generator_state(at::Generator generator, const std::string& hex) {
   std::lock_guard<std::mutex> lock(generator.mutex());
-  generator.set_state(from_hex(hex));
+  try {
+    generator.set_state(from_hex(hex));
+  } catch (const c10::Error& e) {
+    // LibTorch's check of the state's size (a CUDA state from another LibTorch version).
+    throw Error(std::string("cannot restore the checkpoint's random generator state: ") +
+                e.what_without_backtrace());
+  }
+}
+
+// A generator state in trainer_state.json must be hex (from_hex throws std::invalid_argument on
+// anything else) and, for the CPU, as long as this LibTorch's (its own check throws c10::Error):
+// both are checked where the file is known (tests/fuzz/trainer_state/review-*).
+void check_rng_state(const std::string& hex, const std::string& file, const char* field,
+                     bool is_cpu) {
+  const bool is_hex =
+      hex.size() % 2 == 0 && hex.find_first_not_of("0123456789abcdef") == std::string::npos;
+  if (!is_hex)
+    throw InputError(file, std::string(field) + ": not a generator state (lowercase hex)");
+  if (!is_cpu) return;
+  const std::size_t expected = generator_state_hex(at::detail::getDefaultCPUGenerator()).size();
+  if (hex.size() != expected)
+    throw InputError(file, std::string(field) + ": a generator state of " +
+                               std::to_string(hex.size() / 2) + " bytes; this LibTorch's has " +
+                               std::to_string(expected / 2));
 }
 
 std::string file_checksum(const fs::path& path) {
@@ -191,6 +214,9 @@ TrainerState TrainerState::from_json(const json& j, const std::string& file) {
     TrainerState s;
     StateReader reader{j};
     s.visit(reader);
+    check_rng_state(s.cpu_rng_state, file, "rng.cpu", /*is_cpu=*/true);
+    for (const auto& state : s.cuda_rng_states)
+      check_rng_state(state, file, "rng.cuda", /*is_cpu=*/false);
     return s;
   } catch (const json::exception& e) {
     throw InputError(file, std::string("missing or malformed field: ") + e.what());

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -84,6 +85,12 @@ struct PreparedData {
 // changes the tokens, matches). Bad data is InputError naming the file and line (exit 3).
 PreparedData prepare_data(const DataConfig& config, const Tokenizer& tokenizer,
                           const std::filesystem::path& cache_root);
+
+// The complete token cache in `dir` made with `key`, if there is one: its meta.json and split
+// files read and checked. A damaged or stale one is removed (with a warning) and nullopt returned,
+// so prepare_data rebuilds it. Public so that the fuzzer reaches the cache's readers directly.
+std::optional<PreparedData> open_token_cache(const std::filesystem::path& dir,
+                                             const nlohmann::json& key, int64_t seq_len);
 
 // Where the batcher stands: `epoch` passes over the data done, `index` windows into this one.
 struct BatchPosition {
