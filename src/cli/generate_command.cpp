@@ -1,4 +1,5 @@
-// `lmtune generate --model DIR --prompt TEXT ...`: prints the prompt's continuation.
+// `lmtune generate --model DIR --prompt TEXT ...`: prints the prompt's continuation as it is
+// generated; with --prompts-file, decodes the prompts in batches and prints a JSON line for each.
 #include <chrono>
 #include <fstream>
 #include <iostream>
@@ -23,6 +24,7 @@ struct GenerateArgs {
   std::string prompt;
   std::string prompts_file;
   GenerateOptions options;
+  int64_t batch_size = 8;
   int64_t threads = 0;
   std::string device = "auto";
   bool no_cache = false;
@@ -45,19 +47,55 @@ std::vector<std::string> read_prompts(const std::string& path) {
   return prompts;
 }
 
-// The continuation of one prompt as valid UTF-8, without the end-of-text token that stopped it.
-std::string continue_prompt(const CausalLM& model, const Tokenizer& tokenizer,
-                            const std::string& text, const GenerateOptions& options,
-                            int64_t& produced_tokens) {
-  if (text.empty()) throw UsageError("--prompt: the prompt is empty");
-  const std::vector<int64_t> prompt = prompt_ids(tokenizer, text);
-  if (static_cast<int64_t>(prompt.size()) >= model->spec().context)
-    throw UsageError("--prompt: " + std::to_string(prompt.size()) +
+// The ids of a prompt to continue; `what` names it in errors.
+std::vector<int64_t> checked_prompt_ids(const CausalLM& model, const Tokenizer& tokenizer,
+                                        const std::string& text, const std::string& what) {
+  if (text.empty()) throw UsageError(what + ": the prompt is empty");
+  std::vector<int64_t> ids = prompt_ids(tokenizer, text);
+  if (static_cast<int64_t>(ids.size()) >= model->spec().context)
+    throw UsageError(what + ": " + std::to_string(ids.size()) +
                      " tokens leave no room in the model's context of " +
                      std::to_string(model->spec().context));
-  auto produced = generate(model, prompt, options);
-  produced_tokens += static_cast<int64_t>(produced.size());
-  return continuation_text(tokenizer, std::move(produced), options.stop_ids);
+  return ids;
+}
+
+// Prints the continuation of --prompt token by token as it is generated (whole characters only),
+// then a newline; returns the number of tokens generated.
+int64_t stream_continuation(const CausalLM& model, const Tokenizer& tokenizer,
+                            const std::string& text, const GenerateOptions& options) {
+  const std::vector<int64_t> prompt = checked_prompt_ids(model, tokenizer, text, "--prompt");
+  ContinuationStream stream(tokenizer, options.stop_ids);
+  const auto produced = generate(model, prompt, options, [&](int64_t token) {
+    const std::string piece = stream.add(token);
+    if (!piece.empty()) std::cout << piece << std::flush;
+  });
+  std::cout << stream.finish() << std::endl;
+  return static_cast<int64_t>(produced.size());
+}
+
+// Continues the prompts of --prompts-file `batch_size` at a time, printing a JSON line per prompt
+// in the file's order as each batch finishes; returns the number of tokens generated.
+int64_t continue_prompts_file(const CausalLM& model, const Tokenizer& tokenizer,
+                              const std::string& path, const GenerateOptions& options,
+                              int64_t batch_size) {
+  const std::vector<std::string> texts = read_prompts(path);
+  std::vector<std::vector<int64_t>> prompts;
+  for (std::size_t i = 0; i < texts.size(); ++i)
+    prompts.push_back(checked_prompt_ids(model, tokenizer, texts[i],
+                                         "--prompts-file: prompt " + std::to_string(i + 1)));
+  int64_t produced_tokens = 0;
+  for (std::size_t first = 0; first < prompts.size(); first += batch_size) {
+    const std::size_t end = std::min(prompts.size(), first + batch_size);
+    const std::vector<std::vector<int64_t>> batch(prompts.begin() + first, prompts.begin() + end);
+    const auto produced = generate_batch(model, batch, options);
+    for (std::size_t b = 0; b < batch.size(); ++b) {
+      produced_tokens += static_cast<int64_t>(produced[b].size());
+      const std::string completion = continuation_text(tokenizer, produced[b], options.stop_ids);
+      std::cout << nlohmann::json{{"prompt", texts[first + b]}, {"completion", completion}}.dump()
+                << std::endl;
+    }
+  }
+  return produced_tokens;
 }
 
 void run(const GenerateArgs& args) {
@@ -78,20 +116,15 @@ void run(const GenerateArgs& args) {
   options.use_cache = !args.no_cache;
 
   auto start = std::chrono::steady_clock::now();
-  int64_t produced = 0;
-  if (args.prompts_file.empty()) {
-    std::cout << continue_prompt(model, *tokenizer, args.prompt, options, produced) << std::endl;
-  } else {
-    for (const auto& prompt : read_prompts(args.prompts_file)) {
-      std::string completion = continue_prompt(model, *tokenizer, prompt, options, produced);
-      std::cout << nlohmann::json{{"prompt", prompt}, {"completion", completion}}.dump()
-                << std::endl;
-    }
-  }
+  const int64_t produced =
+      args.prompts_file.empty()
+          ? stream_continuation(model, *tokenizer, args.prompt, options)
+          : continue_prompts_file(model, *tokenizer, args.prompts_file, options, args.batch_size);
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  spdlog::info("{} new tokens in {:.2f} s ({:.1f} tokens/s, {}, {} thread(s), KV cache {})",
+  spdlog::info("{} new tokens in {:.2f} s ({:.1f} tokens/s, {}, {} thread(s), KV cache {}{})",
                produced, seconds, produced / std::max(seconds, 1e-9), device.str(),
-               torch::get_num_threads(), options.use_cache ? "on" : "off");
+               torch::get_num_threads(), options.use_cache ? "on" : "off",
+               args.prompts_file.empty() ? "" : fmt::format(", batches of {}", args.batch_size));
 }
 
 }  // namespace
@@ -101,8 +134,9 @@ void add_generate_command(CLI::App& app) {
   auto* command =
       app.add_subcommand("generate", "Continue a prompt with a model in Hugging Face layout");
   set_help_footer(*command,
-                  "the prompt followed by its continuation; with --prompts-file, one JSON line "
-                  "{\"prompt\", \"completion\"} per prompt.");
+                  "the prompt's continuation, token by token as it is generated; with "
+                  "--prompts-file, one JSON line {\"prompt\", \"completion\"} per prompt, in "
+                  "the file's order.");
   command
       ->add_option("--model", args->model_dir,
                    "Model directory (config.json, model.safetensors, tokenizer), or a LoRA "
@@ -116,6 +150,12 @@ void add_generate_command(CLI::App& app) {
                           "A .jsonl file of {\"prompt\": ...} lines: prints one JSON line "
                           "{\"prompt\", \"completion\"} for each");
   prompt->excludes(prompts);
+  command
+      ->add_option("--batch-size", args->batch_size,
+                   "With --prompts-file: prompts decoded together (left-padded; each gets what it "
+                   "gets alone)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   command
       ->add_option("--max-new-tokens", args->options.max_new_tokens, "Tokens to generate at most")
       ->capture_default_str()
@@ -133,7 +173,10 @@ void add_generate_command(CLI::App& app) {
                    "Sample from the smallest set with probability P")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
-  command->add_option("--seed", args->options.seed, "Sampling seed: same seed, same output")
+  command
+      ->add_option("--seed", args->options.seed,
+                   "Sampling seed: same seed, same output; every prompt samples from its own "
+                   "generator seeded with it, whatever the batch")
       ->capture_default_str();
   command->add_option("--threads", args->threads, "LibTorch threads; 0 = every core")
       ->capture_default_str();

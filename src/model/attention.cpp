@@ -13,6 +13,24 @@ torch::Tensor repeat_heads(const torch::Tensor& t, int64_t groups) {
   return t.unsqueeze(2).expand({B, H_kv, groups, S, D}).reshape({B, H_kv * groups, S, D});
 }
 
+// Writes a step's keys or values (B, H_kv, T, D) into a layer's reserved slots past .. past + T - 1
+// and returns the filled ones (B, H_kv, past + T, D). When the slots run out, a reservation of
+// at least twice the size takes their place, so a token costs a copy of the cache only a
+// logarithmic number of times.
+torch::Tensor append_to_cache(torch::Tensor& reserved, const torch::Tensor& step, int64_t past,
+                              int64_t reserve) {
+  const int64_t filled = past + step.size(2);
+  if (!reserved.defined() || reserved.size(2) < filled) {
+    const int64_t old = reserved.defined() ? reserved.size(2) : 0;
+    const int64_t slots = std::max({filled, reserve, 2 * old});
+    auto grown = torch::empty({step.size(0), step.size(1), slots, step.size(3)}, step.options());
+    if (past > 0) grown.narrow(2, 0, past).copy_(reserved.narrow(2, 0, past));
+    reserved = grown;
+  }
+  reserved.narrow(2, past, step.size(2)).copy_(step);
+  return reserved.narrow(2, 0, filled);
+}
+
 }  // namespace
 
 torch::Tensor causal_attention(const torch::Tensor& q, torch::Tensor k, torch::Tensor v,
@@ -21,17 +39,16 @@ torch::Tensor causal_attention(const torch::Tensor& q, torch::Tensor k, torch::T
   bool causal = true;
   std::optional<torch::Tensor> mask;
   if (cache.keys) {
-    if (cache.keys->defined()) {
-      k = torch::cat({*cache.keys, k}, /*dim=*/2);  // (B, H_kv, S, D)
-      v = torch::cat({*cache.values, v}, /*dim=*/2);
-    }
-    *cache.keys = k;
-    *cache.values = v;
-    const int64_t past = k.size(2) - T;
-    if (past > 0) {
+    k = append_to_cache(*cache.keys, k, cache.past, cache.reserve);  // (B, H_kv, S, D)
+    v = append_to_cache(*cache.values, v, cache.past, cache.reserve);
+    if (cache.mask.defined()) {
+      causal = false;
+      mask = cache.mask;
+    } else if (cache.past > 0) {
       causal = false;
       // Query t sees every cached key and the new keys up to itself; one new token sees all.
-      if (T > 1) mask = torch::ones({T, past + T}, q.options().dtype(torch::kBool)).tril(past);
+      if (T > 1)
+        mask = torch::ones({T, cache.past + T}, q.options().dtype(torch::kBool)).tril(cache.past);
     }
   }
   TORCH_CHECK(q.size(1) % k.size(1) == 0, "query heads (", q.size(1),
@@ -39,6 +56,14 @@ torch::Tensor causal_attention(const torch::Tensor& q, torch::Tensor k, torch::T
   const int64_t groups = q.size(1) / k.size(1);
   return autocast_attention(q, repeat_heads(k, groups), repeat_heads(v, groups), mask, dropout,
                             causal);  // (B, H, T, D)
+}
+
+torch::Tensor padded_attention_mask(const torch::Tensor& padding, int64_t past, int64_t T) {
+  auto slots = torch::arange(past + T, padding.options()).unsqueeze(0);           // (1, S)
+  auto queries = slots.narrow(1, past, T).t();                                    // (T, 1)
+  auto in_row = (slots >= padding.unsqueeze(1)).unsqueeze(1);                     // (B, 1, S)
+  auto mask = in_row.logical_and(slots <= queries).logical_or(slots == queries);  // (B, T, S)
+  return mask.unsqueeze(1);                                                       // (B, 1, T, S)
 }
 
 }  // namespace lmtune

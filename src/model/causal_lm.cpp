@@ -1,9 +1,21 @@
 #include "lmtune/model/causal_lm.h"
 
 #include "lmtune/model/activation_checkpoint.h"
+#include "lmtune/model/attention.h"
 #include "lmtune/model/bf16_emulation.h"
 
 namespace lmtune {
+
+namespace {
+
+// Each row's positions (B, T) of the new slots past .. past + T - 1 of a batch left-padded by
+// `padding` (B): its first real token is at position 0; padding slots get 0 too (never attended).
+torch::Tensor padded_row_positions(const torch::Tensor& padding, int64_t past, int64_t T) {
+  auto slots = torch::arange(past, past + T, padding.options());    // (T)
+  return (slots.unsqueeze(0) - padding.unsqueeze(1)).clamp_min(0);  // (B, T)
+}
+
+}  // namespace
 
 torch::Tensor CausalLMImpl::hidden_states(const torch::Tensor& idx, KVCache* cache) {
   const ModelSpec& s = spec();
@@ -15,31 +27,44 @@ torch::Tensor CausalLMImpl::hidden_states(const torch::Tensor& idx, KVCache* cac
     cache->keys.resize(s.n_layer);
     cache->values.resize(s.n_layer);
   }
-  auto x = embed(idx, past);  // (B, T, C)
+  TokenPositions positions{past, {}};
+  torch::Tensor mask;  // computed once for every block
+  if (cache && cache->padding.defined()) {
+    positions.rows = padded_row_positions(cache->padding, past, T);  // (B, T)
+    mask = padded_attention_mask(cache->padding, past, T);           // (B, 1, T, past + T)
+  }
+  auto x = embed(idx, positions);  // (B, T, C)
   const bool checkpointing =
       checkpoint_every_ > 0 && is_training() && !cache && torch::GradMode::is_enabled();
   for (int64_t i = 0; i < s.n_layer; ++i) {
     if (checkpointing && i % checkpoint_every_ == 0) {
       x = checkpoint_activation(
-          [this, i](const torch::Tensor& in) { return run_block(i, in, /*past=*/0, {}); }, x,
+          [this, i](const torch::Tensor& in) { return run_block(i, in, TokenPositions{}, {}); }, x,
           block(i)->parameters());
     } else {
-      x = run_block(i, x, past,
-                    cache ? LayerCache{&cache->keys[i], &cache->values[i]} : LayerCache{});
+      x = run_block(i, x, positions,
+                    cache
+                        ? LayerCache{&cache->keys[i], &cache->values[i], past, cache->reserve, mask}
+                        : LayerCache{});
     }
   }
+  if (cache) cache->filled += T;
   return final_norm(x);
 }
 
 torch::Tensor CausalLMImpl::forward(const torch::Tensor& idx, KVCache* cache) {
+  return output_logits(hidden_states(idx, cache));
+}
+
+torch::Tensor CausalLMImpl::output_logits(const torch::Tensor& hidden) {
   const torch::Tensor weight = output_weight();  // (V, C)
   const int64_t V = weight.size(0);
   const int64_t padding =
       vocab_padding_ > 0 ? (vocab_padding_ - V % vocab_padding_) % vocab_padding_ : 0;
-  if (padding == 0) return autocast_linear(hidden_states(idx, cache), weight);  // (B, T, V)
+  if (padding == 0) return autocast_linear(hidden, weight);  // (..., V)
   // Differentiable: the weight's gradient is the first V rows of the padded one's.
   const torch::Tensor padded = torch::cat({weight, weight.new_zeros({padding, weight.size(1)})});
-  return autocast_linear(hidden_states(idx, cache), padded).narrow(-1, 0, V);  // (B, T, V)
+  return autocast_linear(hidden, padded).narrow(-1, 0, V);  // (..., V)
 }
 
 torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets) {

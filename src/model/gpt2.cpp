@@ -98,13 +98,15 @@ GPT2Impl::GPT2Impl(const GPT2Config& config) : config_(config), spec_(spec_of(co
   init_weights(/*seed=*/0);
 }
 
-torch::Tensor GPT2Impl::embed(const torch::Tensor& idx, int64_t past) {
-  auto positions = torch::arange(past, past + idx.size(1), idx.options().dtype(torch::kLong));
-  return drop_(wte(idx) + wpe(positions));  // (B, T, C)
+torch::Tensor GPT2Impl::embed(const torch::Tensor& idx, const TokenPositions& positions) {
+  if (positions.rows.defined()) return drop_(wte(idx) + wpe(positions.rows));  // (B, T, C)
+  const int64_t past = positions.past;
+  auto steps = torch::arange(past, past + idx.size(1), idx.options().dtype(torch::kLong));
+  return drop_(wte(idx) + wpe(steps));  // (B, T, C)
 }
 
-torch::Tensor GPT2Impl::run_block(int64_t index, const torch::Tensor& x, int64_t /*past*/,
-                                  LayerCache cache) {
+torch::Tensor GPT2Impl::run_block(int64_t index, const torch::Tensor& x,
+                                  const TokenPositions& /*positions*/, LayerCache cache) {
   return h->ptr<BlockImpl>(index)->forward(x, cache);
 }
 

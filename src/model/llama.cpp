@@ -180,30 +180,37 @@ void LlamaImpl::init_weights(uint64_t seed) {
   }
 }
 
-std::pair<torch::Tensor, torch::Tensor> LlamaImpl::rotation(int64_t past, int64_t T,
-                                                            torch::Device device) {
+std::pair<torch::Tensor, torch::Tensor> LlamaImpl::rotation(const TokenPositions& positions,
+                                                            int64_t T, torch::Device device) {
+  const int64_t past = positions.past;
+  const int64_t end = past + T;  // per-row positions count from a row's first slot: never past it
   auto& [cos, sin] = rotation_tables_;
-  if (!cos.defined() || cos.device() != device || cos.size(0) < past + T) {
+  if (!cos.defined() || cos.device() != device || cos.size(0) < end) {
     // Tables for every position up to the longest sequence seen: each row depends only on its
     // position, so a slice equals a table computed for those positions alone.
     const int64_t grown = cos.defined() && cos.device() == device ? 2 * cos.size(0) : 256;
-    const int64_t length = std::max<int64_t>(past + T, grown);
-    auto positions = torch::arange(length, torch::kFloat32);
-    auto freqs = torch::outer(positions, inv_freq_);       // (length, D / 2)
+    const int64_t length = std::max<int64_t>(end, grown);
+    auto steps = torch::arange(length, torch::kFloat32);
+    auto freqs = torch::outer(steps, inv_freq_);           // (length, D / 2)
     auto angles = torch::cat({freqs, freqs}, /*dim=*/-1);  // (length, D)
     cos = angles.cos().to(device);
     sin = angles.sin().to(device);
   }
-  return {cos.narrow(0, past, T), sin.narrow(0, past, T)};  // (T, D)
+  if (!positions.rows.defined()) return {cos.narrow(0, past, T), sin.narrow(0, past, T)};  // (T, D)
+  const auto& rows = positions.rows;                                                       // (B, T)
+  auto gather = [&](const torch::Tensor& table) {
+    return table.index_select(0, rows.flatten()).view({rows.size(0), 1, T, -1});  // (B, 1, T, D)
+  };
+  return {gather(cos), gather(sin)};
 }
 
-torch::Tensor LlamaImpl::embed(const torch::Tensor& idx, int64_t /*past*/) {
+torch::Tensor LlamaImpl::embed(const torch::Tensor& idx, const TokenPositions& /*positions*/) {
   return embed_tokens(idx);  // (B, T, C)
 }
 
-torch::Tensor LlamaImpl::run_block(int64_t index, const torch::Tensor& x, int64_t past,
-                                   LayerCache cache) {
-  auto [cos, sin] = rotation(past, x.size(1), x.device());
+torch::Tensor LlamaImpl::run_block(int64_t index, const torch::Tensor& x,
+                                   const TokenPositions& positions, LayerCache cache) {
+  auto [cos, sin] = rotation(positions, x.size(1), x.device());
   return layers->ptr<LlamaDecoderLayerImpl>(index)->forward(x, cos, sin, cache);
 }
 

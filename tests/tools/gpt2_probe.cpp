@@ -3,8 +3,10 @@
 //   gpt2_probe logits MODEL_DIR IDS_JSON OUT.safetensors   writes logits (B, T, V); prints
 //                                                          {"loss": ...}
 //   gpt2_probe resave MODEL_DIR OUT_DIR [MAX_SHARD_BYTES]  loads with lmtune, saves in HF layout
-//   gpt2_probe greedy MODEL_DIR IDS_JSON N                 prints N greedy continuation ids of
-//                                                          each row, as JSON, with the KV cache
+//   gpt2_probe greedy MODEL_DIR IDS_JSON N [BATCH_SIZE]    prints N greedy continuation ids of
+//                                                          each row, as JSON, with the KV cache;
+//                                                          one row at a time, or BATCH_SIZE rows
+//                                                          per batch (generate_batch)
 //   gpt2_probe lora-grads MODEL_DIR ADAPTER_DIR IDS_JSON OUT.safetensors
 //                                                          the model with the adapter (not merged):
 //                                                          writes logits and, for every trained
@@ -80,13 +82,24 @@ int main(int argc, char** argv) {
       save_hf_model(*load_causal_lm(argv[2]), argv[3], /*tokenizer=*/nullptr, max_shard_bytes);
       return 0;
     }
-    if (verb == "greedy" && argc == 5) {
+    if (verb == "greedy" && (argc == 5 || argc == 6)) {
       CausalLM model = load_causal_lm(argv[2]);
       GenerateOptions options;
       options.temperature = 0;
       options.max_new_tokens = std::stoll(argv[4]);
+      const auto rows = read_ids(argv[3]);
       nlohmann::json out = nlohmann::json::array();
-      for (const auto& row : read_ids(argv[3])) out.push_back(generate(model, row, options));
+      if (argc == 5) {
+        for (const auto& row : rows) out.push_back(generate(model, row, options));
+      } else {
+        const auto batch_size = static_cast<std::size_t>(std::stoll(argv[5]));
+        for (std::size_t first = 0; first < rows.size(); first += batch_size) {
+          const std::vector<std::vector<int64_t>> batch(
+              rows.begin() + first, rows.begin() + std::min(rows.size(), first + batch_size));
+          for (const auto& produced : generate_batch(model, batch, options))
+            out.push_back(produced);
+        }
+      }
       std::cout << out.dump() << std::endl;
       return 0;
     }
@@ -95,7 +108,8 @@ int main(int argc, char** argv) {
     return e.exit_code();
   }
   std::cerr << "usage: gpt2_probe logits MODEL_DIR IDS_JSON OUT | resave MODEL_DIR OUT_DIR "
-               "[MAX_SHARD_BYTES] | greedy MODEL_DIR IDS_JSON N | lora-grads MODEL_DIR ADAPTER_DIR "
+               "[MAX_SHARD_BYTES] | greedy MODEL_DIR IDS_JSON N [BATCH_SIZE] | lora-grads "
+               "MODEL_DIR ADAPTER_DIR "
                "IDS_JSON OUT"
             << std::endl;
   return 2;

@@ -33,17 +33,36 @@ struct ModelSpec {
   std::vector<int64_t> eos_token_ids;  // generation stops on any of them
 };
 
-// Keys and values of past tokens per layer, for generation a few tokens at a time.
+// Keys and values of past tokens per layer, for generation a few tokens at a time. Each layer's
+// tensors hold more slots than are filled, so that a step writes its keys and values in place
+// instead of copying the cache. A batch of prompts of different lengths is left-padded: row b's
+// first padding[b] slots hold no token of its sequence, no token ever attends to them, and the
+// row's positions count from its first real token (0, 1, ... as if it were alone).
 struct KVCache {
-  std::vector<torch::Tensor> keys;    // per layer (B, H_kv, T_past, D)
-  std::vector<torch::Tensor> values;  // per layer (B, H_kv, T_past, D)
-  int64_t length() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
+  std::vector<torch::Tensor> keys;    // per layer (B, H_kv, reserved slots, D)
+  std::vector<torch::Tensor> values;  // per layer (B, H_kv, reserved slots, D)
+  int64_t filled = 0;                 // slots that hold keys and values (S)
+  // Slots a layer reserves at its first step (0: that step's tokens); a full layer doubles them.
+  int64_t reserve = 0;
+  torch::Tensor padding;  // (B) long on the model's device; undefined = no padding
+  int64_t length() const { return filled; }
 };
 
 // One layer's slot of a KVCache (both undefined at first), or none when not generating.
 struct LayerCache {
   torch::Tensor* keys = nullptr;
   torch::Tensor* values = nullptr;
+  int64_t past = 0;     // slots filled before this step
+  int64_t reserve = 0;  // KVCache::reserve
+  torch::Tensor mask;   // (B, 1, T, past + T) bool in a padded batch: which slots each new token
+                        // attends to; undefined = every earlier slot (causal)
+};
+
+// Where a forward's T new tokens sit in their sequences: at past .. past + T - 1 in every row,
+// or, in a left-padded batch, at each row's own positions.
+struct TokenPositions {
+  int64_t past = 0;
+  torch::Tensor rows;  // (B, T) long; undefined = past .. past + T - 1 for every row
 };
 
 // A decoder-only transformer: token embedding, a stack of blocks, a final norm and a vocabulary
@@ -52,11 +71,13 @@ struct LayerCache {
 class CausalLMImpl : public torch::nn::Module {
  public:
   // idx (B, T) token ids -> the final hidden states (B, T, C). With a cache, positions continue
-  // after it and it grows by T. Blocks are recomputed in backward as set_gradient_checkpointing
-  // says (training mode, grad enabled, no cache).
+  // after it (per row, with its padding) and it grows by T. Blocks are recomputed in backward as
+  // set_gradient_checkpointing says (training mode, grad enabled, no cache).
   torch::Tensor hidden_states(const torch::Tensor& idx, KVCache* cache = nullptr);
   // idx (B, T) -> logits (B, T, V).
   torch::Tensor forward(const torch::Tensor& idx, KVCache* cache = nullptr);
+  // The vocabulary projection: hidden states (..., C) -> logits (..., V), as forward() applies it.
+  torch::Tensor output_logits(const torch::Tensor& hidden);
 
   // The vocabulary projection's weight (V, C): the token embedding when tied.
   virtual torch::Tensor output_weight() const = 0;
@@ -97,11 +118,11 @@ class CausalLMImpl : public torch::nn::Module {
   int64_t vocab_padding() const { return vocab_padding_; }
 
  protected:
-  // idx (B, T) -> (B, T, C): token (and position) embeddings of positions past .. past + T - 1.
-  virtual torch::Tensor embed(const torch::Tensor& idx, int64_t past) = 0;
-  // Block `index` on x (B, T, C) at positions past .. past + T - 1 -> (B, T, C).
-  virtual torch::Tensor run_block(int64_t index, const torch::Tensor& x, int64_t past,
-                                  LayerCache cache) = 0;
+  // idx (B, T) -> (B, T, C): token (and position) embeddings of the tokens at `positions`.
+  virtual torch::Tensor embed(const torch::Tensor& idx, const TokenPositions& positions) = 0;
+  // Block `index` on x (B, T, C) at `positions` -> (B, T, C).
+  virtual torch::Tensor run_block(int64_t index, const torch::Tensor& x,
+                                  const TokenPositions& positions, LayerCache cache) = 0;
   // The final norm: (B, T, C) -> (B, T, C).
   virtual torch::Tensor final_norm(const torch::Tensor& x) = 0;
 

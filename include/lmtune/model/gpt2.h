@@ -121,8 +121,8 @@ class GPT2Impl : public CausalLMImpl {
   Projection lm_head{nullptr};  // C -> V, only when embeddings are not tied
 
  protected:
-  torch::Tensor embed(const torch::Tensor& idx, int64_t past) override;
-  torch::Tensor run_block(int64_t index, const torch::Tensor& x, int64_t past,
+  torch::Tensor embed(const torch::Tensor& idx, const TokenPositions& positions) override;
+  torch::Tensor run_block(int64_t index, const torch::Tensor& x, const TokenPositions& positions,
                           LayerCache cache) override;
   torch::Tensor final_norm(const torch::Tensor& x) override { return ln_f(x); }
 

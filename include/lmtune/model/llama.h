@@ -78,7 +78,7 @@ TORCH_MODULE(RMSNorm);
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
   explicit LlamaAttentionImpl(const LlamaConfig& config);
-  // x (B, T, C), cos and sin (T, D) of the rotation -> (B, T, C).
+  // x (B, T, C), cos and sin (T, D) or (B, 1, T, D) of the rotation -> (B, T, C).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         LayerCache cache);
 
@@ -148,14 +148,16 @@ class LlamaImpl : public CausalLMImpl {
   Projection lm_head{nullptr};  // C -> V, only when embeddings are not tied
 
  protected:
-  torch::Tensor embed(const torch::Tensor& idx, int64_t past) override;
-  torch::Tensor run_block(int64_t index, const torch::Tensor& x, int64_t past,
+  torch::Tensor embed(const torch::Tensor& idx, const TokenPositions& positions) override;
+  torch::Tensor run_block(int64_t index, const torch::Tensor& x, const TokenPositions& positions,
                           LayerCache cache) override;
   torch::Tensor final_norm(const torch::Tensor& x) override { return norm(x); }
 
  private:
-  // cos and sin (T, D) of positions past .. past + T - 1, in fp32 on `device`.
-  std::pair<torch::Tensor, torch::Tensor> rotation(int64_t past, int64_t T, torch::Device device);
+  // cos and sin of the rotation at `positions` of T tokens, in fp32 on `device`: (T, D) for
+  // positions past .. past + T - 1, (B, 1, T, D) for per-row positions.
+  std::pair<torch::Tensor, torch::Tensor> rotation(const TokenPositions& positions, int64_t T,
+                                                   torch::Device device);
 
   LlamaConfig config_;
   ModelSpec spec_;
