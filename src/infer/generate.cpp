@@ -58,9 +58,8 @@ torch::Tensor last_position_logits(const CausalLM& model, const torch::Tensor& h
   return torch::mm(model->output_weight(), hidden.t()).t();  // (V, C) x (C, B) -> (B, V)
 }
 
-bool is_stop_id(const GenerateOptions& options, int64_t token) {
-  return std::find(options.stop_ids.begin(), options.stop_ids.end(), token) !=
-         options.stop_ids.end();
+bool is_stop_id(const std::vector<int64_t>& stop_ids, int64_t token) {
+  return std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end();
 }
 
 at::Generator prompt_generator(const GenerateOptions& options) {
@@ -84,7 +83,7 @@ std::vector<int64_t> generate_without_cache(const CausalLM& model,
     tokens.push_back(next);
     produced.push_back(next);
     if (on_token) on_token(next);
-    if (is_stop_id(options, next)) break;
+    if (is_stop_id(options.stop_ids, next)) break;
   }
   return produced;
 }
@@ -150,7 +149,7 @@ ContinuationStream::ContinuationStream(const Tokenizer& tokenizer, std::vector<i
     : tokenizer_(tokenizer), stop_ids_(std::move(stop_ids)) {}
 
 std::string ContinuationStream::add(int64_t token) {
-  if (std::find(stop_ids_.begin(), stop_ids_.end(), token) != stop_ids_.end()) return {};
+  if (is_stop_id(stop_ids_, token)) return {};
   tokens_.push_back(token);
   const std::string bytes = tokenizer_.decode(tokens_);
   std::string text = valid_utf8(std::string_view(bytes).substr(0, without_cut_character(bytes)));
@@ -201,9 +200,7 @@ std::vector<int64_t> prompt_ids(const Tokenizer& tokenizer, std::string_view tex
 
 std::string continuation_text(const Tokenizer& tokenizer, std::vector<int64_t> produced,
                               const std::vector<int64_t>& stop_ids) {
-  if (!produced.empty() &&
-      std::find(stop_ids.begin(), stop_ids.end(), produced.back()) != stop_ids.end())
-    produced.pop_back();
+  if (!produced.empty() && is_stop_id(stop_ids, produced.back())) produced.pop_back();
   return valid_utf8(tokenizer.decode(produced));
 }
 
@@ -267,7 +264,7 @@ std::vector<std::vector<int64_t>> generate_batch(const CausalLM& model,
       tokens.push_back(next[b]);
       if (on_token) on_token(batch.index[b], next[b]);
       ++batch.length[b];
-      const bool done = is_stop_id(options, next[b]) ||
+      const bool done = is_stop_id(options.stop_ids, next[b]) ||
                         static_cast<int64_t>(tokens.size()) >= options.max_new_tokens ||
                         batch.length[b] >= context;
       if (!done) keep.push_back(static_cast<int64_t>(b));

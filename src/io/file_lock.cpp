@@ -37,7 +37,7 @@ bool lock_file(int fd, int operation, const fs::path& path) {
 }
 
 // The pid the holder wrote into the lock file, or 0 before it has.
-pid_t holder_pid(int fd) {
+pid_t written_pid(int fd) {
   char text[32] = {};
   ssize_t size = ::pread(fd, text, sizeof(text) - 1, 0);
   if (size <= 0) return 0;
@@ -52,43 +52,37 @@ void write_own_pid(int fd) {
   [[maybe_unused]] ssize_t written = ::pwrite(fd, text.data(), text.size(), 0);
 }
 
+// The holder's pid (0 if unknown), giving it a moment to write it: it does so right after locking.
+pid_t holder_of(int fd) {
+  pid_t holder = written_pid(fd);
+  for (int i = 0; i < 20 && holder == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    holder = written_pid(fd);
+  }
+  return holder;
+}
+
 }  // namespace
 
 std::optional<FileLock> FileLock::try_lock(const fs::path& path, pid_t& holder) {
-  int fd = open_lock_file(path);
-  try {
-    if (!lock_file(fd, LOCK_EX | LOCK_NB, path)) {
-      // The holder writes its pid right after locking; give it a moment to.
-      holder = holder_pid(fd);
-      for (int i = 0; i < 20 && holder == 0; ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        holder = holder_pid(fd);
-      }
-      ::close(fd);
-      return std::nullopt;
-    }
-  } catch (...) {
-    ::close(fd);
-    throw;
+  FileLock file(open_lock_file(path));  // closed again unless returned
+  if (!lock_file(file.fd_, LOCK_EX | LOCK_NB, path)) {
+    holder = holder_of(file.fd_);
+    return std::nullopt;
   }
-  write_own_pid(fd);
+  write_own_pid(file.fd_);
   holder = 0;
-  return FileLock(fd);
+  return file;
 }
 
 FileLock FileLock::lock(const fs::path& path, const std::function<void(pid_t)>& on_wait) {
-  pid_t holder = 0;
-  if (auto held = try_lock(path, holder)) return std::move(*held);
-  on_wait(holder);
-  int fd = open_lock_file(path);
-  try {
-    lock_file(fd, LOCK_EX, path);
-  } catch (...) {
-    ::close(fd);
-    throw;
+  FileLock file(open_lock_file(path));
+  if (!lock_file(file.fd_, LOCK_EX | LOCK_NB, path)) {
+    on_wait(holder_of(file.fd_));
+    lock_file(file.fd_, LOCK_EX, path);
   }
-  write_own_pid(fd);
-  return FileLock(fd);
+  write_own_pid(file.fd_);
+  return file;
 }
 
 FileLock::FileLock(FileLock&& other) noexcept : fd_(other.fd_) {
