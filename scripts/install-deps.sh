@@ -8,7 +8,7 @@ venv=${LMTUNE_VENV:-$HOME/.cache/lmtune/venv}
 
 debian_packages=(
   build-essential cmake ninja-build pkg-config git
-  libpcre2-dev libicu-dev libsentencepiece-dev nlohmann-json3-dev libyaml-cpp-dev libcli11-dev
+  libpcre2-dev libicu-dev libsentencepiece-dev nlohmann-json3-dev libyaml-cpp-dev libcli11-dev libgloo-dev
   libspdlog-dev libfmt-dev libgtest-dev python3-venv
 )
 

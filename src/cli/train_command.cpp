@@ -2,7 +2,10 @@
 // a one-line JSON summary.
 #include <iostream>
 
+#include <spdlog/spdlog.h>
 #include "commands.h"
+
+#include "lmtune/train/distributed.h"
 #include "lmtune/train/trainer.h"
 #include "options.h"
 
@@ -12,6 +15,16 @@ namespace {
 nlohmann::json eval_json(const std::optional<EvalResult>& eval) {
   if (!eval) return nullptr;
   return {{"loss", eval->loss}, {"perplexity", eval->perplexity}, {"tokens", eval->tokens}};
+}
+
+// Under torchrun every line says which rank wrote it, and ranks other than 0 (whose progress is
+// rank 0's) show only warnings and errors. Returns the rank (0 without torchrun).
+int64_t tag_logs_with_rank() {
+  std::optional<TorchrunEnv> env = torchrun_env();
+  if (!env || env->world_size == 1) return 0;
+  spdlog::default_logger()->set_pattern(fmt::format("lmtune %^%l%$: rank {}: %v", env->rank));
+  if (env->rank != 0) spdlog::set_level(spdlog::level::warn);
+  return env->rank;
 }
 
 }  // namespace
@@ -38,6 +51,7 @@ void add_train_command(CLI::App& app) {
       "Continue training this LoRA adapter directory (lmtune's or PEFT's): the same "
       "as --set lora.adapter=DIR");
   command->callback([options, resume, resume_option, adapter] {
+    const int64_t rank = tag_logs_with_rank();
     std::vector<Override> extra;
     if (!adapter->empty()) extra.push_back({"lora.adapter", *adapter});
     Config config = load_checked_config(*options, Reads::kModelAndData, extra);
@@ -48,6 +62,7 @@ void add_train_command(CLI::App& app) {
     Trainer trainer(config, resume_from);
     trainer.setup();
     TrainSummary summary = trainer.train();
+    if (rank != 0) return;  // rank 0 reports the run
     std::cout << nlohmann::json{{"steps", summary.steps},
                                 {"train_loss", summary.train_loss},
                                 {"eval_before", eval_json(summary.first_eval)},

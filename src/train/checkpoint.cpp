@@ -39,11 +39,17 @@ constexpr const char* kTempPrefix = ".tmp-step-";
 
 // Config keys that may change on resume: they do not change the maths of the steps already
 // taken or to come (a longer run, other logging, evaluation or saving intervals, paths of outputs).
-const std::vector<std::string> kResumableKeys = {"run.output_dir", "run.threads",
-                                                 "run.device",     "train.max_steps",
-                                                 "train.epochs",   "train.max_nonfinite_steps",
-                                                 "data.cache_dir", "eval.",
-                                                 "logging.",       "checkpoint."};
+const std::vector<std::string> kResumableKeys = {"run.output_dir",
+                                                 "run.threads",
+                                                 "run.dist_timeout_s",
+                                                 "run.device",
+                                                 "train.max_steps",
+                                                 "train.epochs",
+                                                 "train.max_nonfinite_steps",
+                                                 "data.cache_dir",
+                                                 "eval.",
+                                                 "logging.",
+                                                 "checkpoint."};
 
 std::string to_hex(const uint8_t* bytes, std::size_t size) {
   static constexpr char kDigits[] = "0123456789abcdef";

@@ -57,26 +57,33 @@ int64_t resolve_loss_chunk_tokens(const TrainConfig& train, int64_t seq_len, int
 
 EvalResult evaluate(const CausalLM& model, const TokenSplit& split, int64_t batch_size,
                     int64_t max_batches, Precision precision, torch::Device device,
-                    int64_t loss_chunk_tokens) {
+                    int64_t loss_chunk_tokens, Distributed* group) {
   torch::NoGradGuard no_grad;
   bool was_training = model->is_training();
   model->eval();
-  auto total = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device));
-  int64_t tokens = 0, batches = 0;
-  for (int64_t start = 0; start < split.num_windows(); start += batch_size) {
+  const int64_t rank = group ? group->rank() : 0, ranks = group ? group->world_size() : 1;
+  // (summed loss, target tokens), in fp64 so that the sum over batches and ranks stays exact.
+  auto sums = torch::zeros({2}, torch::TensorOptions().dtype(torch::kFloat64).device(device));
+  int64_t batches = 0;
+  for (int64_t start = 0; start < split.num_windows(); start += batch_size, ++batches) {
     if (max_batches > 0 && batches == max_batches) break;
-    std::vector<int64_t> windows(std::min(batch_size, split.num_windows() - start));
-    std::iota(windows.begin(), windows.end(), start);
+    // This rank's share of the batch's windows [start, start + n).
+    const int64_t n = std::min(batch_size, split.num_windows() - start);
+    const int64_t first = start + n * rank / ranks, end = start + n * (rank + 1) / ranks;
+    if (first == end) continue;
+    std::vector<int64_t> windows(end - first);
+    std::iota(windows.begin(), windows.end(), first);
     Batch batch = split.batch(windows);
-    total +=
+    sums[0] +=
         summed_token_loss(model, batch, precision, device, loss_chunk_tokens).to(torch::kFloat64);
-    tokens += batch.target_tokens;
-    ++batches;
+    sums[1] += static_cast<double>(batch.target_tokens);
   }
+  if (group) group->all_reduce_sum(sums, "the evaluation all-reduce");
   model->train(was_training);
+  auto host = sums.cpu();
   EvalResult result;
-  result.tokens = tokens;
-  result.loss = tokens > 0 ? total.item<double>() / static_cast<double>(tokens) : 0.0;
+  result.tokens = static_cast<int64_t>(host[1].item<double>());
+  result.loss = result.tokens > 0 ? host[0].item<double>() / host[1].item<double>() : 0.0;
   result.perplexity = std::exp(result.loss);
   return result;
 }

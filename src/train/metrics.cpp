@@ -33,13 +33,17 @@ Progress::Progress(const fs::path& log_file) : terminal_(::isatty(STDERR_FILENO)
   spdlog::default_logger()->sinks().push_back(sink);
 }
 
+Progress::Progress() : terminal_(false) {}
+
 Progress::~Progress() {
   end_step_line();
+  if (!file_) return;
   auto& sinks = spdlog::default_logger()->sinks();
   if (!sinks.empty() && sinks.back() == file_->sinks().front()) sinks.pop_back();
 }
 
 void Progress::step_line(const std::string& text) {
+  if (!file_) return;
   if (!terminal_) {
     spdlog::info(text);
     return;
@@ -51,6 +55,7 @@ void Progress::step_line(const std::string& text) {
 }
 
 void Progress::message(const std::string& text) {
+  if (!file_) return;
   end_step_line();
   spdlog::info(text);
 }

@@ -156,7 +156,8 @@ void Trainer::setup() {
   ExitOnSignal setting_up;  // nothing to save before the first step: Ctrl-C just exits
   int64_t threads = set_threads(config_.run.threads);
   device_ = resolve_device(config_.run.device);
-  run_lock_ = lock_run_directory(config_.run.output_dir);
+  join_ranks();
+  if (main_rank()) run_lock_ = lock_run_directory(config_.run.output_dir);
   if (config_.train.precision == Precision::kFp16 && !device_.is_cuda())
     throw ConfigError({"train.precision: fp16 needs a CUDA device, and run.device: " +
                        std::string(enum_name(config_.run.device)) +
@@ -168,9 +169,11 @@ void Trainer::setup() {
                enum_name(config_.train.precision));
 
   const std::string micro_batch = resolve_auto_micro_batch(config_, device_, resume_from_);
+  agree_on_auto_choices();
   prepare_run_directory();
   for (const std::string& chosen : {precision, micro_batch})
     if (!chosen.empty()) progress_->message(chosen);
+  if (group_) log_data_parallel();
   tokenizer_ = load_tokenizer(tokenizer_dir(config_));
   BuiltModel built = build_model(config_, *tokenizer_, device_);
   model_ = built.model;
@@ -184,15 +187,18 @@ void Trainer::setup() {
   data_ = prepare_data(config_.data, *tokenizer_, cache_root(config_));
   log_prepare_report(data_->report);
 
-  const int64_t micro = config_.train.micro_batch_size;
+  // Every rank draws the same global micro-batches (world size x micro-batch) and trains its share.
+  const int64_t micro = config_.train.micro_batch_size * world_size();
   if (data_->train.num_windows() < micro)
-    throw InputError(config_.data.train,
-                     "only " + std::to_string(data_->train.num_windows()) +
-                         " training windows of " + std::to_string(config_.data.seq_len) +
-                         " tokens, fewer than one micro-batch "
-                         "(train.micro_batch_size=" +
-                         std::to_string(micro) +
-                         "); lower data.seq_len or train.micro_batch_size, or add data");
+    throw InputError(
+        config_.data.train,
+        "only " + std::to_string(data_->train.num_windows()) + " training windows of " +
+            std::to_string(config_.data.seq_len) +
+            " tokens, fewer than one micro-batch "
+            "(train.micro_batch_size=" +
+            std::to_string(config_.train.micro_batch_size) +
+            (group_ ? " on each of " + std::to_string(world_size()) + " ranks" : std::string()) +
+            "); lower data.seq_len or train.micro_batch_size, or add data");
   batcher_ =
       std::make_unique<Batcher>(data_->train, micro, static_cast<uint64_t>(config_.run.seed));
   total_steps_ = config_.train.max_steps;
@@ -218,6 +224,7 @@ void Trainer::setup() {
                                      StepSettings{config_.train.precision, device_,
                                                   loss_chunk_tokens_, config_.train.max_grad_norm},
                                      scaler_.get());
+  if (group_) training_step_->distribute(*group_);
   int64_t parameters = 0;
   for (const auto& p : training_step_->parameters()) parameters += p.numel();
   progress_->message("model: " + std::to_string(parameters) + " trainable parameters, " +
@@ -225,8 +232,116 @@ void Trainer::setup() {
   state_.config = config_to_json(config_);
   state_.config_hash = config_hash(state_.config);
   if (adapter_) state_.base_fingerprint = HfWeights(config_.model.path).fingerprint();
+  state_.world_size = world_size();
   if (resume_from_) resume();
   release_cpu_copies();
+}
+
+// Under torchrun (WORLD_SIZE > 1) every rank joins one process group before anything else, each
+// on its own GPU. A worker group that torchrun restarted after a failure continues from the newest
+// complete checkpoint by itself.
+void Trainer::join_ranks() {
+  std::optional<TorchrunEnv> env = torchrun_env();
+  if (!env || env->world_size == 1) return;
+  if (device_.is_cuda()) {
+    if (env->local_rank >= static_cast<int64_t>(torch::cuda::device_count()))
+      throw UsageError(fmt::format(
+          "LOCAL_RANK {} has no GPU of its own: {} visible; start at most that many processes "
+          "per node (torchrun --nproc-per-node)",
+          env->local_rank, torch::cuda::device_count()));
+    device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(env->local_rank));
+  }
+  group_ = std::make_unique<Distributed>(*env, device_,
+                                         std::chrono::seconds(config_.run.dist_timeout_s));
+  if (!resume_from_ && env->restart_count > 0 && newest_complete_step(config_.run.output_dir)) {
+    resume_from_ = fs::path(config_.run.output_dir);
+    spdlog::warn(
+        "torchrun restarted the workers (attempt {}): resuming from the newest complete "
+        "checkpoint",
+        env->restart_count);
+  }
+}
+
+bool Trainer::main_rank() const {
+  return !group_ || group_->is_main();
+}
+
+int64_t Trainer::world_size() const {
+  return group_ ? group_->world_size() : 1;
+}
+
+// precision: auto and micro_batch_size: auto are measured on each rank; all ranks take rank 0's
+// choice, as they must train the same step.
+void Trainer::agree_on_auto_choices() {
+  if (!group_) return;
+  auto choices =
+      torch::tensor({static_cast<int64_t>(config_.train.precision), config_.train.micro_batch_size},
+                    torch::TensorOptions().dtype(torch::kInt64).device(device_));
+  group_->broadcast_from_main(choices, "agreeing on train.precision and micro_batch_size");
+  auto host = choices.cpu();
+  config_.train.precision = static_cast<Precision>(host[0].item<int64_t>());
+  config_.train.micro_batch_size = host[1].item<int64_t>();
+}
+
+void Trainer::log_data_parallel() {
+  const int64_t micro = config_.train.micro_batch_size, ranks = world_size();
+  progress_->message(fmt::format(
+      "data parallel: {} ranks ({}), {} x {} = {} sequences per micro-step, {} x {} x {} = {} per "
+      "optimizer step; rank 0 writes the run directory",
+      ranks, group_->backend_name(), ranks, micro, ranks * micro, ranks, micro,
+      config_.train.grad_accum_steps, ranks * micro * config_.train.grad_accum_steps));
+}
+
+// The first step's gradient all-reduce, as evidence that it overlaps backward.
+void Trainer::log_overlap(const GradientSync& sync) {
+  progress_->message(fmt::format(
+      "gradient all-reduce: {} bucket(s), {} started during backward; {:.1f} ms waited after it",
+      sync.buckets(), sync.started_in_backward(), 1e3 * sync.wait_seconds()));
+}
+
+// A checkpoint resumes on any number of ranks as long as a micro-step trains as many sequences
+// (world size x train.micro_batch_size): the data order and position are global.
+void Trainer::accept_new_world_size(TrainerState& saved, const fs::path& dir) const {
+  const int64_t saved_ranks = saved.world_size.value_or(1);
+  if (saved_ranks == world_size()) return;
+  const int64_t saved_micro =
+      saved.config.value(nlohmann::json::json_pointer("/train/micro_batch_size"), int64_t{0});
+  const int64_t micro = config_.train.micro_batch_size;
+  if (saved_ranks * saved_micro != world_size() * micro)
+    throw ConfigError({fmt::format(
+        "--resume: {} was trained on {} rank(s) x train.micro_batch_size {} = {} sequences per "
+        "micro-step, and this run has {} x {} = {}; set train.micro_batch_size to {} to continue "
+        "it on {} rank(s)",
+        dir.string(), saved_ranks, saved_micro, saved_ranks * saved_micro, world_size(), micro,
+        world_size() * micro,
+        (saved_ranks * saved_micro) % world_size() == 0
+            ? std::to_string(saved_ranks * saved_micro / world_size())
+            : "a value that makes the same product",
+        world_size())});
+  progress_->message(
+      fmt::format("resume: {} rank(s) continue a run trained on {}", world_size(), saved_ranks));
+  saved.config["train"]["micro_batch_size"] = micro;
+}
+
+// This rank's rows of a global micro-batch: rank r trains rows [r*b, (r+1)*b).
+Batch Trainer::rank_share(const Batch& global) const {
+  const int64_t micro = config_.train.micro_batch_size;
+  Batch share;
+  share.inputs = global.inputs.narrow(0, group_->rank() * micro, micro);    // (b, T)
+  share.targets = global.targets.narrow(0, group_->rank() * micro, micro);  // (b, T)
+  share.target_tokens = share.targets.ne(-100).sum().item<int64_t>();
+  return share;
+}
+
+// Whether to stop (a signal reached any rank) and to save by time (rank 0's clock decides):
+// every rank must take the same branch, or the next collective would wait forever.
+std::pair<bool, bool> Trainer::agree_on_stop(bool signalled, bool save_due) {
+  if (!group_) return {signalled, save_due};
+  auto flags = torch::tensor({signalled ? 1 : 0, save_due && main_rank() ? 1 : 0},
+                             torch::TensorOptions().dtype(torch::kInt64).device(device_));
+  group_->all_reduce_max(flags, "agreeing on checkpoints and signals");
+  auto host = flags.cpu();
+  return {host[0].item<int64_t>() > 0, host[1].item<int64_t>() > 0};
 }
 
 void Trainer::log_adapter() {
@@ -252,6 +367,7 @@ void Trainer::release_cpu_copies() {
 void Trainer::resume() {
   fs::path dir = find_resume_checkpoint(*resume_from_);
   TrainerState saved = read_checkpoint(dir);
+  accept_new_world_size(saved, dir);
   ConfigChanges changes = compare_configs(saved.config, config_to_json(config_));
   if (!changes.refused.empty()) {
     std::vector<std::string> problems;
@@ -271,6 +387,7 @@ void Trainer::resume() {
                          "a new run");
   load_checkpoint_weights(dir, model_, *optimizer_, adapter_ ? &*adapter_ : nullptr);
   state_ = saved;
+  state_.world_size = world_size();
   state_.config = config_to_json(config_);  // with the changes a resume may make
   state_.config_hash = config_hash(state_.config);
   batcher_->set_position(state_.data_position);
@@ -288,6 +405,10 @@ void Trainer::resume() {
 }
 
 void Trainer::prepare_run_directory() {
+  if (!main_rank()) {  // rank 0 alone writes the run directory
+    progress_ = std::make_unique<Progress>();
+    return;
+  }
   fs::path dir = config_.run.output_dir;
   std::string taken_over = resume_from_ ? "" : claim_run_directory(dir);
   fs::create_directories(dir);
@@ -337,14 +458,17 @@ void Trainer::check_nonfinite_streak() const {
 
 TrainingStep::Result Trainer::train_step(double lr) {
   std::vector<Batch> batches;
+  int64_t step_targets = 0;  // of the whole step, on every rank
   for (int64_t i = 0; i < config_.train.grad_accum_steps; ++i) {
-    batches.push_back(batcher_->next());
-    state_.tokens_seen += batches.back().inputs.numel();
+    Batch global = batcher_->next();
+    state_.tokens_seen += global.inputs.numel();
+    step_targets += global.target_tokens;
+    batches.push_back(group_ ? rank_share(global) : std::move(global));
   }
   TrainingStep::Result result;
   try {
     NanForTesting poison(*model_, batches.front(), state_.step + 1);
-    result = training_step_->run(batches, lr);
+    result = training_step_->run(batches, lr, step_targets);
   } catch (const c10::OutOfMemoryError&) {
     throw out_of_memory_error(config_, device_, state_.step + 1);
   }
@@ -372,6 +496,10 @@ void Trainer::log_step(int64_t step, const TrainingStep::Result& result, double 
                            {"tokens_per_sec", tokens_per_sec},
                            {"elapsed_s", elapsed}};
   if (step <= rerun_until_) record["rerun"] = true;
+  if (group_) {
+    record["comm_wait_s"] = comm_wait_s_ / static_cast<double>(std::max<int64_t>(steps, 1));
+    comm_wait_s_ = 0;
+  }
   if (scaler_) record["loss_scale"] = log_loss_scale(*scaler_, *progress_, state_.last_log_step);
   write_record(record);
   progress_->step_line(
@@ -386,9 +514,9 @@ void Trainer::log_step(int64_t step, const TrainingStep::Result& result, double 
 
 std::optional<EvalResult> Trainer::evaluate_and_log(int64_t step) {
   if (data_->validation.num_windows() == 0) return std::nullopt;
-  EvalResult result =
-      evaluate(model_, data_->validation, config_.train.micro_batch_size, config_.eval.max_batches,
-               config_.train.precision, device_, loss_chunk_tokens_);
+  EvalResult result = evaluate(
+      model_, data_->validation, config_.train.micro_batch_size * world_size(),
+      config_.eval.max_batches, config_.train.precision, device_, loss_chunk_tokens_, group_.get());
   const double peak_mb = peak_memory_mb(device_);
   nlohmann::json record = {{"step", step},
                            {"eval_loss", result.loss},
@@ -436,7 +564,7 @@ void Trainer::log_samples(int64_t step) {
 // (a run killed after its last checkpoint), which this one trains and logs again. A fresh run
 // writes one too: some of TensorBoard's readers take only a second START as a restart.
 void Trainer::open_tensorboard() {
-  if (!config_.logging.tensorboard) return;
+  if (!config_.logging.tensorboard || !main_rank()) return;
   tensorboard_ =
       std::make_unique<EventFileWriter>(fs::path(config_.run.output_dir) / "tensorboard");
   const int64_t first = state_.step + 1;
@@ -446,6 +574,7 @@ void Trainer::open_tensorboard() {
 }
 
 void Trainer::write_record(const nlohmann::json& record) {
+  if (!metrics_) return;  // not rank 0
   metrics_->write(record);
   if (!tensorboard_) return;
   const int64_t step = record.at("step").get<int64_t>();
@@ -474,6 +603,10 @@ TrainSummary Trainer::train() {
   while (state_.step < total_steps_ && !stop_early) {
     double lr = learning_rate(config_.train, state_.step);
     TrainingStep::Result result = train_step(lr);
+    if (const GradientSync* sync = training_step_->gradient_sync()) {
+      comm_wait_s_ += sync->wait_seconds();
+      if (state_.step == first_step_) log_overlap(*sync);
+    }
     interval_loss_ += result.loss;
     ++state_.step;
     check_nonfinite_streak();
@@ -489,8 +622,9 @@ TrainSummary Trainer::train() {
       if (stop_early && state_.step % config_.logging.every_steps != 0)
         log_step(state_.step, result, lr);
     }
-    if (checkpoint_due(last) || stop_early || signals.received()) save_checkpoint_now(eval);
-    if (signals.received())
+    const auto [stop, save_due] = agree_on_stop(signals.received(), checkpoint_due(last));
+    if (save_due || stop_early || stop) save_checkpoint_now(eval);
+    if (stop)
       throw Interrupted(
           fmt::format("interrupted at step {}: checkpoint saved in {}; continue with "
                       "lmtune train CONFIG --resume",
@@ -501,7 +635,9 @@ TrainSummary Trainer::train() {
   summary.train_loss = last_logged_loss_;
   summary.last_eval = stop_early ? eval : evaluate_and_log(state_.step);
   if (saved_step_ != state_.step) save_checkpoint_now(summary.last_eval);
-  save_final();
+  if (main_rank()) save_final();
+  // The ranks end together: none reports success before rank 0 has written final/.
+  if (group_) group_->barrier("the end of training");
   summary.seconds = elapsed_before_ + seconds_since(start_time_);
   summary.peak_memory_mb = peak_memory_mb(device_);
   progress_->message(fmt::format("done: {} steps in {}, final model in {}", state_.step,
@@ -531,6 +667,11 @@ bool Trainer::checkpoint_due(bool last_step) const {
 }
 
 void Trainer::save_checkpoint_now(const std::optional<EvalResult>& eval) {
+  if (!main_rank()) {  // rank 0 saves; the weights and optimizer state are the same on every rank
+    saved_step_ = state_.step;
+    last_save_time_ = Clock::now();
+    return;
+  }
   // The counters are kept in state_ as training goes; these are read off the live objects.
   state_.data_position = batcher_->position();
   state_.eval_loss = eval ? std::optional<double>(eval->loss) : std::nullopt;

@@ -3,6 +3,13 @@
 #include "lmtune/train/evaluate.h"
 
 namespace lmtune {
+namespace {
+
+// Gradients of one all-reduce; 25 MB, as PyTorch's DDP buckets them: large enough to use the
+// link's bandwidth, small enough that the first starts while backward has most layers left.
+constexpr int64_t kBucketBytes = 25 << 20;
+
+}  // namespace
 
 TrainingStep::TrainingStep(CausalLM model, AdamW& optimizer, StepSettings settings,
                            LossScaler* scaler)
@@ -11,18 +18,31 @@ TrainingStep::TrainingStep(CausalLM model, AdamW& optimizer, StepSettings settin
     params_.insert(params_.end(), group.params.begin(), group.params.end());
 }
 
-TrainingStep::Result TrainingStep::run(const std::vector<Batch>& micro_batches, double lr) {
+void TrainingStep::distribute(Distributed& group) {
+  group_ = &group;
+  sync_ = std::make_unique<GradientSync>(group, params_, kBucketBytes);
+}
+
+TrainingStep::Result TrainingStep::run(const std::vector<Batch>& micro_batches, double lr,
+                                       std::optional<int64_t> step_targets) {
   // Loss is averaged over the target tokens of all micro-batches of the step, so accumulating
-  // 4 x 2 sequences gives the same gradient as one batch of 8.
+  // 4 x 2 sequences gives the same gradient as one batch of 8 (and 2 ranks x 4 as 1 x 8).
   int64_t targets = 0;
   for (const auto& batch : micro_batches) targets += batch.target_tokens;
+  if (step_targets) targets = *step_targets;
   const auto& s = settings_;
   auto step_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(s.device));
-  for (const auto& batch : micro_batches) {
-    auto loss = summed_token_loss(model_, batch, s.precision, s.device, s.loss_chunk_tokens) /
-                static_cast<double>(std::max<int64_t>(targets, 1));
+  for (std::size_t i = 0; i < micro_batches.size(); ++i) {
+    if (sync_) sync_->set_enabled(i + 1 == micro_batches.size());
+    auto loss =
+        summed_token_loss(model_, micro_batches[i], s.precision, s.device, s.loss_chunk_tokens) /
+        static_cast<double>(std::max<int64_t>(targets, 1));
     (scaler_ ? scaler_->scale(loss) : loss).backward();
     step_loss += loss.detach();
+  }
+  if (sync_) {
+    sync_->finish();
+    group_->all_reduce_sum(step_loss, "the loss all-reduce");
   }
   // A step whose gradients or loss are inf/NaN is skipped on the device (found_inf = 1); clipping
   // sees unscaled gradients.

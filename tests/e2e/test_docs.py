@@ -22,6 +22,7 @@ OTHER_TOOLS = {
     "huggingface-cli": "the Hugging Face hub's downloader (--local-dir)",
     "perf": "Linux perf (perf report --no-children --sort)",
     "tensorboard": "TensorBoard's server (tensorboard --logdir)",
+    "#SBATCH": "SLURM's job script directives (#SBATCH --nodes)",
 }
 # Scripts that pass their options on to an lmtune subcommand: their flags are that subcommand's.
 SCRIPTS_FORWARDING = {

@@ -50,6 +50,7 @@ struct RunConfig {
   int64_t seed = 1234;     // seeds weight init, dropout and the data order
   int64_t threads = 0;     // LibTorch intra-op threads; 0 = every core
   Device device = Device::kAuto;
+  int64_t dist_timeout_s = 600;  // data parallel: longest wait for another rank, seconds
 
   template <class V>
   void visit(V& v) {
@@ -61,6 +62,13 @@ struct RunConfig {
     v(seed, Field("seed", "Seed for weight initialisation, dropout and the data order.").min(0));
     v(threads, Field("threads", "LibTorch intra-op threads; 0 uses every core.").min(0).max(1024));
     v(device, Field("device", "Where to train: auto picks CUDA when a GPU is visible."));
+    v(dist_timeout_s,
+      Field("dist_timeout_s",
+            "Data-parallel runs (torchrun): the longest one rank waits for the others in a "
+            "collective, in seconds. A rank that dies or hangs stops the rest after this; it "
+            "must exceed the time rank 0 takes to save a checkpoint.")
+          .min(1)
+          .max(86400));
   }
 };
 

@@ -43,6 +43,8 @@ struct TrainerState {
   std::string config_hash;
   // With adapters: HfWeights::fingerprint() of the frozen base they were trained on.
   std::optional<std::string> base_fingerprint;
+  // Data parallel: the ranks that trained it (absent in single-process checkpoints).
+  std::optional<int64_t> world_size;
 
   // Every field once, with its place in trainer_state.json (a JSON pointer): to_json and from_json
   // both walk this list, so a new field is one line here.
@@ -65,6 +67,7 @@ struct TrainerState {
     v(config, "/config");
     v(config_hash, "/config_hash");
     v(base_fingerprint, "/base/fingerprint");
+    v(world_size, "/distributed/world_size");
   }
 
   nlohmann::json to_json() const;

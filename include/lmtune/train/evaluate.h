@@ -8,6 +8,7 @@
 #include "lmtune/core/config.h"
 #include "lmtune/data/dataset.h"
 #include "lmtune/model/causal_lm.h"
+#include "lmtune/train/distributed.h"
 
 namespace lmtune {
 
@@ -42,8 +43,10 @@ struct EvalResult {
 };
 
 // Evaluates `split` in order, `batch_size` windows at a time, at most `max_batches` (0 = all).
+// With `group` (data parallel), `batch_size` is the global batch: each rank evaluates its share of
+// every batch and the sums are all-reduced, so every rank returns the result of the whole.
 EvalResult evaluate(const CausalLM& model, const TokenSplit& split, int64_t batch_size,
                     int64_t max_batches, Precision precision, torch::Device device,
-                    int64_t loss_chunk_tokens = 0);
+                    int64_t loss_chunk_tokens = 0, Distributed* group = nullptr);
 
 }  // namespace lmtune

@@ -29,6 +29,8 @@ class MetricsFile {
 class Progress {
  public:
   explicit Progress(const std::filesystem::path& log_file);
+  // A rank other than 0 of a data-parallel run: its progress is rank 0's, so nothing is shown.
+  Progress();
   ~Progress();
 
   void step_line(const std::string& text);  // the latest step's status

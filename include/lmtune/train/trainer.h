@@ -13,6 +13,7 @@
 #include "lmtune/io/tokenizer.h"
 #include "lmtune/model/causal_lm.h"
 #include "lmtune/train/checkpoint.h"
+#include "lmtune/train/distributed.h"
 #include "lmtune/train/evaluate.h"
 #include "lmtune/train/loss_scaler.h"
 #include "lmtune/train/metrics.h"
@@ -51,6 +52,15 @@ class Trainer {
   LossScaler* loss_scaler() { return scaler_.get(); }
 
  private:
+  void join_ranks();
+  bool main_rank() const;
+  int64_t world_size() const;
+  void agree_on_auto_choices();
+  void log_data_parallel();
+  void log_overlap(const GradientSync& sync);
+  void accept_new_world_size(TrainerState& saved, const std::filesystem::path& dir) const;
+  Batch rank_share(const Batch& global) const;
+  std::pair<bool, bool> agree_on_stop(bool signalled, bool save_due);
   void prepare_run_directory();
   void log_adapter();
   void resume();
@@ -75,6 +85,7 @@ class Trainer {
   // run.output_dir's lock, held from setup to the end (declared first, so released last).
   std::optional<FileLock> run_lock_;
   torch::Device device_{torch::kCPU};
+  std::unique_ptr<Distributed> group_;  // data parallel under torchrun
   std::unique_ptr<Tokenizer> tokenizer_;
   CausalLM model_;
   std::optional<AdapterSetup> adapter_;  // with lora.enabled
@@ -103,6 +114,7 @@ class Trainer {
   int64_t last_log_tokens_ = 0;
   torch::Tensor interval_loss_;  // sum of step losses since the last log (device scalar)
   double last_logged_loss_ = 0;
+  double comm_wait_s_ = 0;  // data parallel: seconds waited for gradients since the last log
 };
 
 }  // namespace lmtune

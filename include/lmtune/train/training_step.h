@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <vector>
 
 #include <torch/torch.h>
@@ -11,6 +13,7 @@
 #include "lmtune/core/config.h"
 #include "lmtune/data/dataset.h"
 #include "lmtune/model/causal_lm.h"
+#include "lmtune/train/distributed.h"
 #include "lmtune/train/loss_scaler.h"
 #include "lmtune/train/optim.h"
 
@@ -35,9 +38,18 @@ class TrainingStep {
   TrainingStep(CausalLM model, AdamW& optimizer, StepSettings settings,
                LossScaler* scaler = nullptr);
 
-  // One optimizer step at learning rate `lr` over `micro_batches`. Nothing here reads a value back
-  // to the host.
-  Result run(const std::vector<Batch>& micro_batches, double lr);
+  // Data parallel: gradients are summed over the ranks as the last micro-batch's backward runs,
+  // and the step's loss over the ranks after it. Every rank then clips, checks and steps the same.
+  void distribute(Distributed& group);
+
+  // One optimizer step at learning rate `lr` over `micro_batches`, the loss averaged over
+  // `step_targets` target tokens: those of all the micro-batches of the step on every rank (by
+  // default, of `micro_batches`). Nothing here reads a value back to the host.
+  Result run(const std::vector<Batch>& micro_batches, double lr,
+             std::optional<int64_t> step_targets = std::nullopt);
+
+  // The gradient all-reduce of data-parallel runs (nullptr otherwise).
+  const GradientSync* gradient_sync() const { return sync_.get(); }
 
   const std::vector<torch::Tensor>& parameters() const { return params_; }
   const StepSettings& settings() const { return settings_; }
@@ -48,6 +60,8 @@ class TrainingStep {
   StepSettings settings_;
   LossScaler* scaler_;
   std::vector<torch::Tensor> params_;  // what the optimizer updates
+  Distributed* group_ = nullptr;
+  std::unique_ptr<GradientSync> sync_;
 };
 
 }  // namespace lmtune
