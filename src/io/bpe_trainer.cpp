@@ -254,8 +254,10 @@ std::string json_object_text(const std::vector<std::pair<std::string, std::strin
 
 std::string vocab_text(const std::vector<std::string>& tokens) {
   std::string text = "{";
-  for (std::size_t id = 0; id < tokens.size(); ++id) text += id ? "," : "";
-  text += json(tokens[id]).dump() + ":" + std::to_string(id);
+  for (std::size_t id = 0; id < tokens.size(); ++id) {
+    text += id ? "," : "";
+    text += json(tokens[id]).dump() + ":" + std::to_string(id);
+  }
   return text + "}";
 }
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import make_tiny_model, shakespeare
+from conftest import make_tiny_model, shakespeare, train_briefly
 from test_tokenizer_json import lmtune_ids
 
 DOMAIN_TOKENS = ["kinase", " phosphorylation", "<ligand>", "the", " the", "kinase"]
@@ -71,17 +71,7 @@ def test_the_extended_model_trains(lmtune, tmp_path, tokens_file):
 
     (tmp_path / "train.txt").write_text("".join(map(domain, range(300))) + shakespeare(20_000))
     (tmp_path / "valid.txt").write_text("".join(map(domain, range(300, 320))))
-    tree = {"run": {"output_dir": str(tmp_path / "run"), "threads": 2, "seed": 7},
-            "model": {"path": str(tmp_path / "out")},
-            "data": {"train": str(tmp_path / "train.txt"),
-                     "validation": str(tmp_path / "valid.txt"), "seq_len": 32},
-            "train": {"max_steps": 20, "micro_batch_size": 8, "precision": "fp32", "lr": 3e-3,
-                      "schedule": "constant", "warmup_steps": 0},
-            "eval": {"every_steps": 20}, "logging": {"every_steps": 10}}
-    (tmp_path / "c.json").write_text(json.dumps(tree))
-    result = lmtune("train", tmp_path / "c.json")
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = train_briefly(lmtune, tmp_path, {"path": str(tmp_path / "out")}, max_steps=20)
     assert summary["eval_after"]["loss"] < summary["eval_before"]["loss"]
     final = weights_of(tmp_path / "run" / "final")
     assert final.config.vocab_size == 50260

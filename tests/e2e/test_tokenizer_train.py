@@ -9,7 +9,7 @@ import unicodedata
 
 import pytest
 
-from conftest import SHARED_DIR
+from conftest import SHARED_DIR, train_briefly
 from test_tokenizer_json import lmtune_ids, random_text, texts_for
 
 SHAKESPEARE = SHARED_DIR / "data" / "tinyshakespeare.txt"
@@ -166,18 +166,9 @@ def test_a_model_trains_from_scratch_with_the_new_tokenizer(lmtune, corpus, tmp_
     (tmp_path / "valid.txt").write_text(text[60_000:66_000], encoding="utf-8")
     tokenizer_dir = tmp_path / "tok"
     train_tokenizer(lmtune, [tmp_path / "train.txt"], tokenizer_dir, "gpt2", vocab_size=800)
-    tree = {"run": {"output_dir": str(tmp_path / "run"), "threads": 2, "seed": 7},
-            "model": {"init": "random", "tokenizer": str(tokenizer_dir), "n_layer": 1,
-                      "n_head": 2, "n_embd": 32, "n_positions": 64},
-            "data": {"train": str(tmp_path / "train.txt"),
-                     "validation": str(tmp_path / "valid.txt"), "seq_len": 32},
-            "train": {"max_steps": 30, "micro_batch_size": 8, "precision": "fp32", "lr": 3e-3,
-                      "schedule": "constant", "warmup_steps": 0},
-            "eval": {"every_steps": 30}, "logging": {"every_steps": 10}}
-    (tmp_path / "c.json").write_text(json.dumps(tree))
-    result = lmtune("train", tmp_path / "c.json")
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    from_scratch = {"init": "random", "tokenizer": str(tokenizer_dir), "n_layer": 1, "n_head": 2,
+                    "n_embd": 32, "n_positions": 64}
+    summary = train_briefly(lmtune, tmp_path, from_scratch, max_steps=30)
     assert summary["eval_after"]["loss"] < summary["eval_before"]["loss"]
     final = tmp_path / "run" / "final"
     model = AutoModelForCausalLM.from_pretrained(str(final))
