@@ -156,8 +156,9 @@ void add_extend_subcommand(CLI::App& parent) {
       ->required();
   command->callback([args] {
     const std::vector<std::string> tokens = read_token_list(args->tokens);
+    const VocabExtension extension = plan_vocabulary_extension(args->model, tokens);
     prepare_out_dir(args->out);
-    const VocabExtension extension = extend_vocabulary(args->model, tokens, args->out);
+    write_vocabulary_extension(args->model, extension, args->out);
     if (!extension.present.empty())
       spdlog::info("{} of the tokens are already single tokens and were left out",
                    extension.present.size());

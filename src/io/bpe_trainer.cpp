@@ -107,8 +107,9 @@ uint64_t merge_pair_key(int32_t left, int32_t right) {
   return static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32 | static_cast<uint32_t>(right);
 }
 
-// A candidate merge in the queue. Counts only fall for pairs already queued, so an entry whose
-// count is out of date is corrected when it reaches the top and queued again (a lazy update).
+// A candidate merge in the queue. A merge queues every pair it adds occurrences to with its new
+// count, and otherwise counts only fall; so an entry whose count is out of date is too high, and
+// it is corrected when it reaches the top and queued again (a lazy update).
 struct QueuedPair {
   int64_t count;
   uint64_t pair;

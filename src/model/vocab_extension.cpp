@@ -25,8 +25,9 @@ constexpr const char* kTokenizerConfigJson = "tokenizer_config.json";
 
 // The tensors whose rows are the vocabulary: GPT-2's wte, the Llama family's embed_tokens, and an
 // untied lm_head.
-bool is_vocabulary_tensor(const std::string& name, const torch::Tensor& t, int64_t vocab) {
-  if (t.dim() != 2 || t.size(0) != vocab) return false;
+bool is_vocabulary_tensor(const SafetensorsEntry& entry, int64_t vocab) {
+  const std::string& name = entry.name;
+  if (entry.shape.size() != 2 || entry.shape[0] != vocab) return false;
   for (const std::string suffix : {"wte.weight", "embed_tokens.weight", "lm_head.weight"}) {
     if (name.size() >= suffix.size() &&
         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
@@ -71,10 +72,6 @@ void write_extended_tokenizer(const fs::path& model_dir, const fs::path& out,
                               const VocabExtension& extension) {
   load_tokenizer(model_dir)->save(out);
   const bool has_json = fs::exists(model_dir / kTokenizerJson);
-  if (!has_json && !fs::exists(model_dir / "vocab.json"))
-    throw InputError((model_dir / "tokenizer.model").string(),
-                     "tokens can be added to a tokenizer.json or to GPT-2's vocab.json + "
-                     "merges.txt, not to a SentencePiece model");
   // transformers keeps added tokens in tokenizer.json's added_tokens, and for a tokenizer without
   // one in tokenizer_config.json's added_tokens_decoder; lmtune reads them from the same places.
   const fs::path file = out / (has_json ? kTokenizerJson : kTokenizerConfigJson);
@@ -101,35 +98,43 @@ void write_extended_tokenizer(const fs::path& model_dir, const fs::path& out,
 
 // Writes config.json and the weights of `model_dir` into `out` with the vocabulary grown.
 void write_extended_model(const fs::path& model_dir, const fs::path& out,
-                          VocabExtension& extension) {
+                          const VocabExtension& extension) {
   json config = read_hf_config(model_dir);
-  const fs::path config_file = model_dir / "config.json";
-  if (!config.contains("vocab_size") || !config["vocab_size"].is_number_integer())
-    throw InputError(config_file.string(), "vocab_size: expected an integer");
-  extension.old_vocab = config["vocab_size"].get<int64_t>();
+  config["vocab_size"] = extension.new_vocab;
   const int64_t count = static_cast<int64_t>(extension.added.size());
-  extension.new_vocab = std::max(extension.old_vocab, extension.first_id + count);
   HfWeights weights(model_dir);
   NamedTensors tensors;
-  bool embedding = false;
   for (const auto& name : weights.names()) {
-    torch::Tensor t = weights.read(*weights.find(name));
-    if (is_vocabulary_tensor(name, t, extension.old_vocab)) {
+    const SafetensorsEntry& entry = *weights.find(name);
+    torch::Tensor t = weights.read(entry);
+    if (is_vocabulary_tensor(entry, extension.old_vocab))
       t = with_mean_rows(t, extension.first_id, count, extension.new_vocab);
-      embedding = true;
-    }
     tensors.emplace_back(name, std::move(t));
   }
-  if (!embedding)
-    throw InputError(weights.source().string(),
-                     "no token embedding of vocab_size (" + std::to_string(extension.old_vocab) +
-                         ") rows (wte.weight or embed_tokens.weight) to grow");
-  config["vocab_size"] = extension.new_vocab;
   write_hf_weights(out, std::move(tensors));
   write_file_atomically(out / "config.json", config.dump(2) + "\n");
   if (fs::exists(model_dir / "generation_config.json"))
     fs::copy_file(model_dir / "generation_config.json", out / "generation_config.json");
   load_causal_lm(out);  // shapes and names checked as training will check them
+}
+
+// The vocabulary sizes of config.json, checking that the weights hold a token embedding of that
+// many rows.
+void plan_model(const fs::path& model_dir, VocabExtension& extension) {
+  const json config = read_hf_config(model_dir);
+  if (!config.contains("vocab_size") || !config["vocab_size"].is_number_integer())
+    throw InputError((model_dir / "config.json").string(), "vocab_size: expected an integer");
+  extension.old_vocab = config["vocab_size"].get<int64_t>();
+  extension.new_vocab = std::max(extension.old_vocab,
+                                 extension.first_id + static_cast<int64_t>(extension.added.size()));
+  HfWeights weights(model_dir);
+  const auto names = weights.names();
+  if (std::none_of(names.begin(), names.end(), [&](const std::string& name) {
+        return is_vocabulary_tensor(*weights.find(name), extension.old_vocab);
+      }))
+    throw InputError(weights.source().string(),
+                     "no token embedding of vocab_size (" + std::to_string(extension.old_vocab) +
+                         ") rows (wte.weight or embed_tokens.weight) to grow");
 }
 
 }  // namespace
@@ -150,17 +155,24 @@ std::vector<std::string> read_token_list(const fs::path& file) {
   return tokens;
 }
 
-VocabExtension extend_vocabulary(const fs::path& model_dir, const std::vector<std::string>& tokens,
-                                 const fs::path& out) {
+VocabExtension plan_vocabulary_extension(const fs::path& model_dir,
+                                         const std::vector<std::string>& tokens) {
   VocabExtension extension;
-  {
-    auto tokenizer = load_tokenizer(model_dir);
-    extension.first_id = tokenizer->vocab_size();
-    choose_tokens(*tokenizer, tokens, extension);
-  }
+  auto tokenizer = load_tokenizer(model_dir);
+  if (!fs::exists(model_dir / kTokenizerJson) && !fs::exists(model_dir / "vocab.json"))
+    throw InputError((model_dir / "tokenizer.model").string(),
+                     "tokens can be added to a tokenizer.json or to GPT-2's vocab.json + "
+                     "merges.txt, not to a SentencePiece model");
+  extension.first_id = tokenizer->vocab_size();
+  choose_tokens(*tokenizer, tokens, extension);
+  plan_model(model_dir, extension);
+  return extension;
+}
+
+void write_vocabulary_extension(const fs::path& model_dir, const VocabExtension& extension,
+                                const fs::path& out) {
   write_extended_tokenizer(model_dir, out, extension);
   write_extended_model(model_dir, out, extension);
-  return extension;
 }
 
 }  // namespace lmtune

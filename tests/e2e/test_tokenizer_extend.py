@@ -109,22 +109,25 @@ def test_an_untied_llama_with_tokenizer_json_grows_both_matrices(lmtune, tmp_pat
         auto(text, add_special_tokens=False)["input_ids"]
 
 
-@pytest.mark.parametrize("tokens,out_exists,code,message", [
-    (None, False, 3, "cannot read the token list"),
-    ("\n \n", False, 3, "lists no tokens"),
-    ("kinase\n", True, 2, "exists and is not an empty directory"),
+@pytest.mark.parametrize("model,tokens,out_exists,code,message", [
+    ("base", None, False, 3, "cannot read the token list"),
+    ("base", "\n \n", False, 3, "lists no tokens"),
+    ("missing", "kinase\n", False, 3, "missing: not a directory"),
+    ("base", "kinase\n", True, 2, "exists and is not an empty directory"),
 ])
-def test_bad_input_gets_one_line_and_its_exit_code(lmtune, tmp_path, tokens, out_exists, code,
-                                                   message):
-    base = make_tiny_model(tmp_path / "base")
+def test_bad_input_gets_one_line_and_its_exit_code(lmtune, tmp_path, model, tokens, out_exists,
+                                                   code, message):
+    make_tiny_model(tmp_path / "base")
     tokens_path = tmp_path / "tokens.txt"
     if tokens is not None:
         tokens_path.write_text(tokens)
     if out_exists:
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / "x").write_text("x")
-    result = lmtune("tokenizer", "extend", "--model", base, "--tokens", tokens_path,
+    result = lmtune("tokenizer", "extend", "--model", tmp_path / model, "--tokens", tokens_path,
                     "--out", tmp_path / "out")
     assert result.returncode == code, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+    # Inputs are read and checked before the output directory is made.
+    assert out_exists or not (tmp_path / "out").exists()

@@ -23,14 +23,19 @@ struct VocabExtension {
 // UTF-8.
 std::vector<std::string> read_token_list(const std::filesystem::path& file);
 
-// Writes the model in `model_dir` with `tokens` added into `out` (which must not exist or be
-// empty): its tokenizer (tokenizer.json's added_tokens, or for GPT-2's vocab.json + merges.txt
-// tokenizer_config.json's added_tokens_decoder, as transformers writes them), config.json with the
-// new vocab_size, and the weights with the grown embedding rows. Tokens the tokenizer already
-// encodes as one token are left out. InputError for a tokenizer.model-only tokenizer or a model
-// whose embedding is not found.
-VocabExtension extend_vocabulary(const std::filesystem::path& model_dir,
-                                 const std::vector<std::string>& tokens,
-                                 const std::filesystem::path& out);
+// What adding `tokens` to the model in `model_dir` takes, read and checked without writing
+// anything: the tokens to add (those the tokenizer does not already encode as one token), their
+// first id, and config.json's vocab_size before and after. InputError for a tokenizer.model-only
+// tokenizer, a model without a token embedding of vocab_size rows, or a broken file.
+VocabExtension plan_vocabulary_extension(const std::filesystem::path& model_dir,
+                                         const std::vector<std::string>& tokens);
+
+// Writes the model in `model_dir` with the planned tokens added into `out` (new or empty): its
+// tokenizer (tokenizer.json's added_tokens, or for GPT-2's vocab.json + merges.txt
+// tokenizer_config.json's added_tokens_decoder, as transformers keeps them), config.json with the
+// new vocab_size, and the weights with the grown rows (sharded as transformers shards them). The
+// result is loaded back (tokenizer and model) before it returns.
+void write_vocabulary_extension(const std::filesystem::path& model_dir,
+                                const VocabExtension& extension, const std::filesystem::path& out);
 
 }  // namespace lmtune
