@@ -154,6 +154,11 @@ class MergeLearner {
   }
 
   void count_pairs() {
+    // Distinct pairs are fewer than the words' symbols; reserving for them spares the rehashes.
+    std::size_t symbols = 0;
+    for (const auto& word : words_) symbols += word.symbols.size();
+    pair_counts_.reserve(symbols / 2);
+    pair_words_.reserve(symbols / 2);
     for (std::size_t w = 0; w < words_.size(); ++w) {
       const auto& symbols = words_[w].symbols;
       for (std::size_t i = 0; i + 1 < symbols.size(); ++i) {
@@ -199,7 +204,7 @@ class MergeLearner {
   void merge_in_word(uint32_t w, int32_t left, int32_t right, int32_t merged,
                      std::vector<uint64_t>& formed) {
     TrainingWord& word = words_[w];
-    const auto& symbols = word.symbols;
+    auto& symbols = word.symbols;
     auto change = [&](int32_t a, int32_t b, int64_t delta) {
       uint64_t p = merge_pair_key(a, b);
       pair_counts_[p] += delta;
@@ -209,26 +214,25 @@ class MergeLearner {
         if (holders.empty() || holders.back() != w) holders.push_back(w);
       }
     };
-    std::vector<int32_t> out;
-    out.reserve(symbols.size());
+    // In place: the word written so far (symbols[0, kept)) never overtakes the part still read.
+    std::size_t kept = 0;
     for (std::size_t i = 0; i < symbols.size();) {
       if (i + 1 < symbols.size() && symbols[i] == left && symbols[i + 1] == right) {
-        if (!out.empty()) {
-          change(out.back(), left, -word.count);
-          change(out.back(), merged, word.count);
+        if (kept > 0) {
+          change(symbols[kept - 1], left, -word.count);
+          change(symbols[kept - 1], merged, word.count);
         }
         if (i + 2 < symbols.size()) {
           change(right, symbols[i + 2], -word.count);
           change(merged, symbols[i + 2], word.count);
         }
-        out.push_back(merged);
+        symbols[kept++] = merged;
         i += 2;
       } else {
-        out.push_back(symbols[i]);
-        i += 1;
+        symbols[kept++] = symbols[i++];
       }
     }
-    word.symbols = std::move(out);
+    symbols.resize(kept);
   }
 
   std::vector<TrainingWord> words_;
