@@ -29,5 +29,6 @@ void add_eval_command(CLI::App& app);
 void add_export_command(CLI::App& app);
 void add_prepare_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
+void add_tokenizer_command(CLI::App& app);
 
 }  // namespace lmtune::cli

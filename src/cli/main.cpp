@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
   cli::add_export_command(app);
   cli::add_prepare_command(app);
   cli::add_tokenize_command(app);
+  cli::add_tokenizer_command(app);
 
   try {
     install_host_cache();

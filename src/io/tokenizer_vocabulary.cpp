@@ -10,6 +10,7 @@
 #include "bpe_tokenizer.h"
 #include "lmtune/core/errors.h"
 #include "lmtune/io/tokenizer.h"
+#include "pre_tokenizer.h"
 #include "tokenizer_files.h"
 #include "tokenizer_json.h"
 
@@ -18,12 +19,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-// The Split patterns of Llama 3's and Qwen2's tokenizer.json; they differ in \p{N}{1,3}.
-constexpr const char* kLlama3SplitPattern =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
-constexpr const char* kQwen2SplitPattern =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
 bool vocabulary_flag(const json& node, const char* key, bool fallback) {
   auto it = node.find(key);

@@ -154,10 +154,8 @@ void load_hf_weights(CausalLMImpl& model, const HfWeights& weights) {
   }
 }
 
-void save_hf_model(const CausalLMImpl& model, const fs::path& dir, const Tokenizer* tokenizer,
-                   int64_t max_shard_bytes) {
+void write_hf_weights(const fs::path& dir, NamedTensors tensors, int64_t max_shard_bytes) {
   fs::create_directories(dir);
-  NamedTensors tensors = model.hf_tensors();
   // Shards in order, each at most max_shard_bytes unless one tensor alone is larger.
   std::vector<NamedTensors> shards(1);
   int64_t shard_bytes = 0, total_bytes = 0;
@@ -188,6 +186,11 @@ void save_hf_model(const CausalLMImpl& model, const fs::path& dir, const Tokeniz
     write_file_atomically(dir / kIndexFile, index.dump(2) + "\n");
     fs::remove(dir / kSingleFile);
   }
+}
+
+void save_hf_model(const CausalLMImpl& model, const fs::path& dir, const Tokenizer* tokenizer,
+                   int64_t max_shard_bytes) {
+  write_hf_weights(dir, model.hf_tensors(), max_shard_bytes);
   write_file_atomically(dir / "config.json", model.hf_config().dump(2) + "\n");
   if (tokenizer) tokenizer->save(dir);
 }

@@ -71,6 +71,25 @@ def step_losses(run):
             for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line}
 
 
+def train_briefly(lmtune, tmp_path, model, max_steps):
+    """Trains the model a config's `model` section names on tmp_path's train.txt for a few fp32
+    steps, evaluating on its valid.txt before and after; returns the summary line as a dict (the
+    run is tmp_path/run)."""
+    import json
+
+    tree = {"run": {"output_dir": str(tmp_path / "run"), "threads": 2, "seed": 7},
+            "model": model,
+            "data": {"train": str(tmp_path / "train.txt"),
+                     "validation": str(tmp_path / "valid.txt"), "seq_len": 32},
+            "train": {"max_steps": max_steps, "micro_batch_size": 8, "precision": "fp32",
+                      "lr": 3e-3, "schedule": "constant", "warmup_steps": 0},
+            "eval": {"every_steps": max_steps}, "logging": {"every_steps": 10}}
+    (tmp_path / "c.json").write_text(json.dumps(tree))
+    result = lmtune("train", tmp_path / "c.json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def shakespeare(chars):
     """The first `chars` characters of tinyshakespeare, cut at a blank line."""
     text = (SHARED_DIR / "data" / "tinyshakespeare.txt").read_text()[:chars]

@@ -289,9 +289,19 @@ def subcommands():
     return frozenset(re.findall(r"(?m)^\s+([a-z][a-z-]*)\s", section[1]))
 
 
+def nested_subcommands(command):
+    """The subcommands `lmtune COMMAND --help` lists (`tokenizer` has `train` and `extend`)."""
+    section = re.split(r"(?im)^\s*subcommands:\s*$", help_text(command))
+    return re.findall(r"(?m)^\s+([a-z][a-z-]*)\s{2,}", section[1]) if len(section) == 2 else []
+
+
 def help_flags(command):
+    """The flags of `lmtune COMMAND --help`, and of its own subcommands' help."""
     args = () if command == "lmtune" else (command,)
-    return set(re.findall(r"--[a-z][a-z0-9-]*", help_text(*args)))
+    flags = set(re.findall(r"--[a-z][a-z0-9-]*", help_text(*args)))
+    for nested in nested_subcommands(command) if args else []:
+        flags |= set(re.findall(r"--[a-z][a-z0-9-]*", help_text(command, nested)))
+    return flags
 
 
 @lru_cache(maxsize=None)

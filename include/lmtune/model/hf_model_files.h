@@ -59,6 +59,11 @@ class HfWeights {
 // error unless the architecture may ignore it.
 void load_hf_weights(CausalLMImpl& model, const HfWeights& weights);
 
+// Writes weights with HF names as model.safetensors, or as shards of at most `max_shard_bytes`
+// with model.safetensors.index.json, replacing the other layout's files in `dir`.
+void write_hf_weights(const std::filesystem::path& dir, NamedTensors tensors,
+                      int64_t max_shard_bytes = kDefaultMaxShardBytes);
+
 // Writes `model` as an HF model directory: config.json, model.safetensors (or shards of at most
 // `max_shard_bytes` with model.safetensors.index.json), and the tokenizer's files when given.
 void save_hf_model(const CausalLMImpl& model, const std::filesystem::path& dir,
