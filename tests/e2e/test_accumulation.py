@@ -94,25 +94,40 @@ def records(run):
             if "loss" in r}
 
 
+def step_one(model_dir, rows, per_micro_batch=False):
+    """Step 1's loss and gradient norm by transformers: the mean over all target tokens, or (what
+    1x8 would give if each micro-batch were averaged on its own) the mean of the pairs' means.
+    HF ties lm_head to wte: one parameter, as in lmtune."""
+    model, losses = per_pair_losses(model_dir, rows)
+    if per_micro_batch:
+        loss = sum(l / n for l, n in losses) / len(losses)
+    else:
+        loss = sum(l for l, _ in losses) / sum(n for _, n in losses)
+    loss.backward()
+    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()
+                          if p.grad is not None))
+    return loss.item(), norm.item()
+
+
 def test_the_targets_are_uneven_enough_to_catch_per_micro_batch_averaging(runs):
     _, losses = per_pair_losses(runs["model"], runs["rows"])
     counts = [n for _, n in losses]
     assert min(counts) <= 3 and max(counts) >= 30, counts
-    token_mean = sum(l for l, _ in losses) / sum(counts)
-    mean_of_means = sum(l / n for l, n in losses) / len(losses)  # what 1x8 would log if wrong
-    assert abs(mean_of_means - token_mean) / token_mean > 1000 * RELATIVE
+    loss, norm = step_one(runs["model"], runs["rows"])
+    wrong_loss, wrong_norm = step_one(runs["model"], runs["rows"], per_micro_batch=True)
+    # A random model's token losses are all near ln(50257), so the loss moves little (0.13%);
+    # the gradient, whose tokens get 8/n_i instead of equal weights, by a third.
+    assert abs(wrong_loss - loss) > 100 * RELATIVE * loss
+    assert abs(wrong_norm - norm) > 10_000 * RELATIVE * norm
 
 
 def test_step_one_loss_and_gradient_norm_match_transformers(runs):
-    model, losses = per_pair_losses(runs["model"], runs["rows"])
-    mean = sum(l for l, _ in losses) / sum(n for _, n in losses)
-    mean.backward()
-    # HF ties lm_head to wte: one parameter, as in lmtune.
-    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()
-                          if p.grad is not None)).item()
+    loss, norm = step_one(runs["model"], runs["rows"])
     for shape, run in runs["dirs"].items():
         first = records(run)[1]
-        assert first["loss"] == pytest.approx(mean.item(), rel=RELATIVE), shape
+        assert first["loss"] == pytest.approx(loss, rel=RELATIVE), shape
+        # Other kernels than lmtune's, summing the gradient of ~1.6M weights in another order:
+        # seen 2.5e-6 apart; a mis-weighted token moves the norm by far more (test above).
         assert first["grad_norm"] == pytest.approx(norm, rel=1e-4), shape
 
 
@@ -134,13 +149,23 @@ def test_every_step_loss_and_gradient_norm_agree_across_shapes(runs):
 def test_final_weights_agree_across_shapes(runs):
     reference = load_file(runs["dirs"][(8, 1)] / "final" / "model.safetensors")
     initial = load_file(runs["model"] / "model.safetensors")
+    width = initial["transformer.wte.weight"].shape[1]
     for shape, run in runs["dirs"].items():
         weights = load_file(run / "final" / "model.safetensors")
         assert weights.keys() == reference.keys(), shape
         for name, expected in reference.items():
-            # AdamW moves each weight by at most about lr per step whatever the gradient's size,
-            # and relative gradient differences of RELATIVE move it by about lr x RELATIVE.
-            assert torch.allclose(weights[name], expected, rtol=0, atol=STEPS * LR * RELATIVE), \
-                (shape, name, (weights[name] - expected).abs().max().item())
+            got, want = weights[name].clone(), expected.clone()
+            if name.endswith("attn.c_attn.bias"):
+                # The key bias [C:2C] gets a gradient of exactly zero in exact arithmetic (adding
+                # one constant to every score of a query leaves its softmax unchanged), so what
+                # it gets is rounding noise, which AdamW's normalisation turns into steps of up
+                # to lr: bounded by that, and left out of the tight check below.
+                keys = slice(width, 2 * width)
+                assert (got[keys] - want[keys]).abs().max() <= STEPS * LR, (shape, name)
+                got[keys] = want[keys] = 0
+            # Every other weight moved about lr per step (4e-3 in all) and the runs' gradients
+            # agree to ~1e-6 relative: 1e-7 is 2.5e-5 of the movement (seen: 5e-8 at most).
+            difference = (got - want).abs().max().item()
+            assert difference <= 1e-7, (shape, name, difference)
     moved = (reference["transformer.h.0.mlp.c_fc.weight"] - initial["transformer.h.0.mlp.c_fc.weight"])
     assert moved.abs().max() > 0.5 * LR  # the runs really trained
