@@ -10,6 +10,7 @@ debian_packages=(
   build-essential cmake ninja-build pkg-config git
   libpcre2-dev libicu-dev libsentencepiece-dev nlohmann-json3-dev libyaml-cpp-dev libcli11-dev libgloo-dev
   libspdlog-dev libfmt-dev libgtest-dev python3-venv
+  strace  # tests: tests/e2e/test_checkpoint.py checks that checkpoints are synced with it
 )
 
 missing=()

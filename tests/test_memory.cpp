@@ -1,15 +1,10 @@
-// Unit tests of the memory levers: activation checkpointing, the chunked loss, layer freezing,
-// the fp16 loss scaler and the non-finite step guard, and a bf16 training step on the CPU.
+// Unit tests of the chunked loss and of a bf16 training step on the CPU. The other memory levers
+// have files of their own: test_activation_checkpoint.cpp, test_freeze.cpp, test_loss_scaler.cpp.
 #include <gtest/gtest.h>
 
-#include "lmtune/core/errors.h"
-#include "lmtune/model/activation_checkpoint.h"
 #include "lmtune/model/chunked_loss.h"
 #include "lmtune/model/gpt2.h"
 #include "lmtune/train/evaluate.h"
-#include "lmtune/train/freeze.h"
-#include "lmtune/train/loss_scaler.h"
-#include "lmtune/train/optim.h"
 #include "lmtune/train/precision.h"
 #include "tiny_gpt2.h"
 
@@ -50,31 +45,6 @@ void expect_same_grads(const std::map<std::string, torch::Tensor>& a,
 }
 
 }  // namespace
-
-TEST(ActivationCheckpoint, GradientsEqualThePlainRunWithDropout) {
-  GPT2 plain = lever_model(), checkpointed = lever_model();
-  checkpointed->set_gradient_checkpointing(1);
-  auto expected = step_grads(plain, lmtune::Precision::kFp32);
-  expect_same_grads(step_grads(checkpointed, lmtune::Precision::kFp32), expected, 1e-6);
-}
-
-TEST(ActivationCheckpoint, EveryOtherBlockAndBf16AutocastMatchThePlainRun) {
-  GPT2 plain = lever_model(), checkpointed = lever_model();
-  checkpointed->set_gradient_checkpointing(2);
-  auto expected = step_grads(plain, lmtune::Precision::kBf16);
-  expect_same_grads(step_grads(checkpointed, lmtune::Precision::kBf16), expected, 1e-5);
-}
-
-TEST(ActivationCheckpoint, ParametersGetGradientsWhenTheInputNeedsNone) {
-  torch::nn::Linear layer(4, 4);
-  auto x = torch::randn({3, 4});  // no requires_grad, like activations after frozen layers
-  auto fn = [&](const torch::Tensor& in) { return torch::tanh(layer(in)); };
-  lmtune::checkpoint_activation(fn, x, layer->parameters()).sum().backward();
-  auto expected_weight = layer->weight.grad().clone();
-  layer->zero_grad();
-  fn(x).sum().backward();
-  EXPECT_TRUE(torch::allclose(expected_weight, layer->weight.grad(), 0, 1e-7));
-}
 
 TEST(ChunkedLoss, LossAndGradientsEqualThePlainPath) {
   torch::manual_seed(0);
@@ -160,90 +130,6 @@ TEST(ChunkedLoss, AutoRuleChunksOnlyLargeLogits) {
   EXPECT_EQ(lmtune::resolve_loss_chunk_tokens(train, 32, 50, torch::kCPU), train.loss_chunk_tokens);
   train.chunked_loss = lmtune::ChunkedLoss::kOff;
   EXPECT_EQ(lmtune::resolve_loss_chunk_tokens(train, 512, 50257, torch::kCPU), 0);
-}
-
-TEST(LossScaler, InfGradientSkipsTheStepAndBacksOff) {
-  auto p = torch::ones({4}, torch::requires_grad());
-  lmtune::ParamGroup group{{"p"}, {p}, 0.0};
-  lmtune::AdamW adamw({group}, {});
-  lmtune::LossScaler scaler(/*init_scale=*/1024, /*growth_interval=*/2, /*backoff=*/0.5,
-                            torch::kCPU);
-  p.mutable_grad() = torch::full({4}, 2048.0);
-  p.mutable_grad()[1] = std::numeric_limits<float>::infinity();  // the injected overflow
-  auto found_inf = torch::zeros({});
-  scaler.unscale({p}, found_inf);
-  EXPECT_EQ(found_inf.item<float>(), 1.0f);
-  adamw.step(/*lr=*/0.1, found_inf);
-  scaler.update(found_inf);
-  EXPECT_TRUE(torch::equal(p, torch::ones({4})));
-  EXPECT_EQ(adamw.state()[0].step.item<float>(), 0.0f);
-  EXPECT_EQ(scaler.state().scale, 512.0);
-  EXPECT_EQ(scaler.state().growth_tracker, 0);
-  EXPECT_EQ(scaler.take_skipped_steps(), 1);
-  EXPECT_EQ(scaler.take_skipped_steps(), 0);
-}
-
-TEST(LossScaler, UnscalesAndGrowsAfterTheInterval) {
-  auto p = torch::ones({4}, torch::requires_grad());
-  lmtune::LossScaler scaler(/*init_scale=*/8, /*growth_interval=*/3, /*backoff=*/0.5, torch::kCPU);
-  for (int step = 0; step < 3; ++step) {
-    p.mutable_grad() = torch::full({4}, 16.0);
-    auto found_inf = torch::zeros({});
-    scaler.unscale({p}, found_inf);
-    EXPECT_EQ(found_inf.item<float>(), 0.0f);
-    EXPECT_TRUE(torch::equal(p.grad(), torch::full({4}, 2.0)));
-    scaler.update(found_inf);
-  }
-  EXPECT_EQ(scaler.state().scale, 16.0);
-  scaler.set_state({/*scale=*/4.0, /*growth_tracker=*/2});
-  EXPECT_EQ(scaler.state().scale, 4.0);
-  EXPECT_EQ(scaler.state().growth_tracker, 2);
-}
-
-TEST(NonFiniteStreak, CountsConsecutiveNonFiniteSteps) {
-  lmtune::NonFiniteStreak streak(torch::kCPU);
-  for (float loss : {1.0f, NAN, INFINITY, 2.0f, NAN, NAN})
-    streak.record(lmtune::not_finite(torch::full({}, loss)));
-  EXPECT_EQ(streak.length(), 2);
-}
-
-TEST(Freeze, FrozenParametersGetNoGradientNoStateAndDoNotChange) {
-  GPT2 model = lever_model(/*dropout=*/0.0);
-  lmtune::TrainConfig train;
-  train.freeze_embeddings = true;
-  train.freeze_layers = 2;
-  EXPECT_NE(lmtune::freeze_parameters(model, train).find("lm_head"), std::string::npos);
-  std::map<std::string, torch::Tensor> before;
-  for (const auto& p : model->named_parameters()) before[p.key()] = p.value().clone();
-  lmtune::AdamW adamw(lmtune::decay_groups(*model, 0.1), {});
-  for (const auto& state : adamw.state()) {
-    EXPECT_NE(state.name.rfind("wte", 0), 0u);
-    EXPECT_NE(state.name.rfind("h.1.", 0), 0u);
-  }
-  for (int step = 0; step < 2; ++step) {
-    step_grads(model, lmtune::Precision::kFp32);
-    adamw.step(/*lr=*/1e-2);
-    adamw.zero_grad();
-  }
-  for (const auto& p : model->named_parameters()) {
-    const std::string& name = p.key();
-    bool frozen = name.rfind("wte", 0) == 0 || name.rfind("wpe", 0) == 0 ||
-                  name.rfind("h.0.", 0) == 0 || name.rfind("h.1.", 0) == 0;
-    EXPECT_EQ(torch::equal(p.value(), before[name]), frozen) << name;
-    EXPECT_EQ(p.value().requires_grad(), !frozen) << name;
-  }
-}
-
-TEST(Freeze, MoreLayersThanTheModelHasIsAnErrorNamingTheKey) {
-  GPT2 model = lever_model();
-  lmtune::TrainConfig train;
-  train.freeze_layers = 4;
-  try {
-    lmtune::freeze_parameters(model, train);
-    FAIL() << "expected a ConfigError";
-  } catch (const lmtune::ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("train.freeze_layers"), std::string::npos) << e.what();
-  }
 }
 
 TEST(Precision, Bf16TrainingStepRunsOnTheCpuCloseToFp32) {

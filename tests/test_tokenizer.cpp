@@ -4,6 +4,7 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <stdexcept>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -25,8 +26,11 @@ namespace {
 const fs::path kShared = LMTUNE_SHARED_DIR;
 const fs::path kGpt2Dir = kShared / "data" / "gpt2-tokenizer";
 
+// The whole file; a missing one (../shared not beside the checkout) fails the test, rather than
+// give it an empty text to pass on.
 std::string read(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path.string() + ": cannot read it (tests need this file)");
   std::ostringstream text;
   text << in.rdbuf();
   return text.str();

@@ -4,6 +4,7 @@
 // for the same files; tests/e2e/test_tokenizer_json.py compares encodings with it directly.
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 
 #include <gtest/gtest.h>
 #include <sentencepiece_trainer.h>
@@ -27,8 +28,11 @@ const fs::path kGpt2Files = kSharedDir / "data" / "gpt2-tokenizer";
 constexpr const char* kLlama3Pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
+// The whole file; a missing one (../shared not beside the checkout) fails the test, rather than
+// give it an empty text to pass on.
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path.string() + ": cannot read it (tests need this file)");
   std::ostringstream text;
   text << in.rdbuf();
   return text.str();

@@ -5,6 +5,7 @@
 #include "lmtune/core/errors.h"
 #include "lmtune/core/schema.h"
 #include "lmtune/train/bench.h"
+#include "options.h"
 
 namespace lmtune::cli {
 namespace {
@@ -19,16 +20,16 @@ struct BenchArgs {
 
 void add_shape_options(CLI::App& command, BenchOptions& o) {
   auto positive = [&](const char* name, int64_t& value, const char* help) {
-    command.add_option(name, value, help)->check(CLI::PositiveNumber)->capture_default_str();
+    command.add_option(name, value, help)->check(at_least(1))->capture_default_str();
   };
   positive("--n-layer", o.n_layer, "Transformer blocks");
   positive("--n-head", o.n_head, "Attention heads");
   positive("--n-embd", o.n_embd, "Channels (a multiple of --n-head)");
   command.add_option("--n-kv-head", o.n_kv_head, "llama: key/value heads; 0 = --n-head")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   command.add_option("--mlp-width", o.mlp_width, "MLP inner width; 0 = 4 x --n-embd")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   positive("--vocab", o.vocab, "Vocabulary size");
   positive("--batch", o.batch, "Sequences per step");
@@ -36,22 +37,22 @@ void add_shape_options(CLI::App& command, BenchOptions& o) {
   positive("--steps", o.steps, "Timed steps");
   positive("--loss-chunk-tokens", o.loss_chunk_tokens, "Tokens per chunk of the chunked loss");
   command.add_option("--warmup", o.warmup, "Untimed steps first")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   command.add_option("--threads", o.threads, "LibTorch threads; 0 = every core")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   command
       .add_option("--lora-r", o.lora_r,
                   "LoRA: adapters of this rank (alpha 2r) on every linear layer but the output "
                   "head, base frozen; 0 trains every weight")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   command
       .add_option("--vocab-padding", o.vocab_padding,
                   "Pad the output head's vocabulary to a multiple of this (plain loss; 0 = off), "
                   "as train.vocab_padding")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   command.add_option("--profile", o.profile_dir,
                      "Directory: profile --profile-steps more steps after the timed ones and "

@@ -14,6 +14,7 @@
 #include "lmtune/model/lora.h"
 #include "lmtune/model/model_factory.h"
 #include "lmtune/train/setup.h"
+#include "options.h"
 
 namespace lmtune::cli {
 namespace {
@@ -167,7 +168,7 @@ void add_generate_command(CLI::App& app) {
   command
       ->add_option("--top-k", args->options.top_k, "Sample from the K most likely tokens; 0 = all")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0));
   command
       ->add_option("--top-p", args->options.top_p,
                    "Sample from the smallest set with probability P")

@@ -1,6 +1,7 @@
 // Options shared by the subcommands that take a config: CONFIG and repeated --set KEY=VALUE.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,20 @@ inline Config load_checked_config(const ConfigOptions& options, Reads reads = Re
   else
     check_inputs(config, torch::cuda::is_available());
   return config;
+}
+
+// An integer option's lower bound. CLI11's PositiveNumber and NonNegativeNumber say "Value 0 not
+// in range 0.000000 to 1797...", whatever the bound; this says what is wanted:
+// "--steps: must be at least 1, got 0".
+inline CLI::Validator at_least(int64_t minimum) {
+  return CLI::Validator(
+      [minimum](std::string& text) -> std::string {
+        int64_t value = 0;
+        if (!CLI::detail::lexical_cast(text, value)) return "expected an integer, got " + text;
+        if (value < minimum) return "must be at least " + std::to_string(minimum) + ", got " + text;
+        return "";
+      },
+      minimum > 0 ? "POSITIVE" : "NONNEGATIVE");
 }
 
 inline void add_config_options(CLI::App& command, ConfigOptions& options, bool required = true) {

@@ -18,14 +18,21 @@ std::string with_errno(const std::string& what) {
   return what + ": " + std::strerror(errno);
 }
 
-void fsync_directory(const fs::path& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  ::fsync(fd);
+}  // namespace
+
+void sync_directory(const fs::path& dir) {
+  const fs::path path = dir.empty() ? fs::path(".") : dir;
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    throw Error(path.string() + ": " + with_errno("cannot open the directory to sync it"));
+  // EINVAL: a file system that cannot sync directories (some FUSE ones); nothing more to do there.
+  if (::fsync(fd) != 0 && errno != EINVAL) {
+    const std::string message = with_errno("fsync of the directory failed");
+    ::close(fd);
+    throw Error(path.string() + ": " + message);
+  }
   ::close(fd);
 }
-
-}  // namespace
 
 void write_all(int fd, const void* data, std::size_t size, const fs::path& path) {
   const char* p = static_cast<const char*>(data);
@@ -59,7 +66,7 @@ void replace_file_atomically(const fs::path& path,
     ::unlink(tmp.c_str());
     throw Error(path.string() + ": " + message);
   }
-  fsync_directory(path.parent_path().empty() ? fs::path(".") : path.parent_path());
+  sync_directory(path.parent_path());
 }
 
 }  // namespace lmtune

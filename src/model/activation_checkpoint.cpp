@@ -1,5 +1,7 @@
 #include "lmtune/model/activation_checkpoint.h"
 
+#include <atomic>
+
 #include "recompute_state.h"
 
 namespace lmtune {
@@ -7,6 +9,8 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+
+std::atomic<int64_t> recomputations{0};  // backward passes through checkpoint_activation
 
 // What backward needs besides the saved input: the function and the state to repeat it in.
 struct Replay : torch::CustomClassHolder {
@@ -43,6 +47,7 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
       y = replay->fn(x);
     }
     caller_rng.restore();
+    ++recomputations;
 
     // Inputs: x, then one per parameter (in the order given to forward), then fn.
     const auto& inputs = replay->params;
@@ -63,6 +68,10 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
 };
 
 }  // namespace
+
+int64_t activation_recomputations() {
+  return recomputations.load();
+}
 
 torch::Tensor checkpoint_activation(const ActivationFn& fn, const torch::Tensor& x,
                                     const std::vector<torch::Tensor>& params) {

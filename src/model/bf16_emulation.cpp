@@ -1,5 +1,9 @@
 #include "lmtune/model/bf16_emulation.h"
 
+#include <atomic>
+#include <cstdlib>
+#include <string_view>
+
 #include <ATen/autocast_mode.h>
 
 namespace lmtune {
@@ -25,10 +29,38 @@ bool cpu_has_native_bf16() {
 #endif
 }
 
+namespace {
+
+// LMTUNE_CPU_BF16, read once: "native" or "emulated" forces that path, anything else is ignored.
+std::optional<CpuBf16Kernels> kernels_from_environment() {
+  const char* value = std::getenv("LMTUNE_CPU_BF16");
+  if (!value) return std::nullopt;
+  const std::string_view name(value);
+  if (name == "native") return CpuBf16Kernels::kNative;
+  if (name == "emulated") return CpuBf16Kernels::kEmulated;
+  return std::nullopt;
+}
+
+std::atomic<int> forced_kernels{-1};  // -1: none, else a CpuBf16Kernels
+
+}  // namespace
+
+CpuBf16Kernels cpu_bf16_kernels() {
+  if (const int forced = forced_kernels.load(); forced >= 0)
+    return static_cast<CpuBf16Kernels>(forced);
+  static const std::optional<CpuBf16Kernels> from_environment = kernels_from_environment();
+  if (from_environment) return *from_environment;
+  return cpu_has_native_bf16() ? CpuBf16Kernels::kNative : CpuBf16Kernels::kEmulated;
+}
+
+void force_cpu_bf16_kernels(std::optional<CpuBf16Kernels> kernels) {
+  forced_kernels.store(kernels ? static_cast<int>(*kernels) : -1);
+}
+
 bool emulates_bf16(const torch::Tensor& t) {
   return t.device().is_cpu() && at::autocast::is_autocast_enabled(c10::DeviceType::CPU) &&
          at::autocast::get_autocast_dtype(c10::DeviceType::CPU) == at::kBFloat16 &&
-         !cpu_has_native_bf16();
+         cpu_bf16_kernels() == CpuBf16Kernels::kEmulated;
 }
 
 torch::Tensor autocast_linear(const torch::Tensor& x, const torch::Tensor& weight,

@@ -276,7 +276,8 @@ QuantizedWeight weight_from(const std::vector<Tensor>& t, QuantType type, int64_
 // Autocast is kept out: backward may run inside an autocast scope, and the dtypes are set here.
 Tensor input_gradient(const Tensor& grad_y, const QuantizedWeight& w, torch::ScalarType compute) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  if (compute == torch::kBFloat16 && grad_y.is_cpu() && !cpu_has_native_bf16()) {
+  if (compute == torch::kBFloat16 && grad_y.is_cpu() &&
+      cpu_bf16_kernels() == CpuBf16Kernels::kEmulated) {
     Tensor values = grad_y.to(torch::kBFloat16).to(torch::kFloat32);
     Tensor grad = torch::matmul(values, w.dequantize(torch::kBFloat16).to(torch::kFloat32));
     return grad.to(torch::kBFloat16);

@@ -118,7 +118,8 @@ MatmulPeak measure_matmul_peak(Precision precision, torch::Device device) {
   }
   // 1024^3 x 2 = 2.1 GFLOP per matmul: ~60 ms at CPU fp32 speeds. LibTorch's own bf16 kernel
   // is ~5x slower on a CPU without bf16 hardware, so it gets a 512^3 matmul.
-  const bool emulated = precision != Precision::kFp32 && device.is_cpu() && !cpu_has_native_bf16();
+  const bool emulated = precision != Precision::kFp32 && device.is_cpu() &&
+                        cpu_bf16_kernels() == CpuBf16Kernels::kEmulated;
   MatmulPeak peak;
   peak.libtorch = matmul_tflops(precision, device, emulated ? 512 : 1024, /*seconds=*/0.5,
                                 /*through_autocast=*/false);

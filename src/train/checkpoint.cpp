@@ -4,9 +4,6 @@
 
 #include <unistd.h>
 
-#include <csignal>
-#include <cstdlib>
-
 #include <algorithm>
 #include <fstream>
 #include <map>
@@ -16,7 +13,9 @@
 
 #include "lmtune/core/errors.h"
 #include "lmtune/core/hash.h"
+#include "lmtune/core/test_hooks.h"
 #include "lmtune/core/version.h"
+#include "lmtune/io/atomic_file.h"
 #include "lmtune/io/mapped_file.h"
 #include "lmtune/io/remove_tree.h"
 #include "lmtune/io/safetensors.h"
@@ -156,13 +155,6 @@ bool resumable_key(const std::string& key) {
   return false;
 }
 
-// Test hook: LMTUNE_TEST_CRASH_IN_SAVE=N kills the process (SIGKILL, like a power cut) halfway
-// through writing the checkpoint of step N, so tests can prove a crashed save is harmless.
-void crash_here_if_testing(int64_t step) {
-  const char* value = std::getenv("LMTUNE_TEST_CRASH_IN_SAVE");
-  if (value && std::to_string(step) == value) ::raise(SIGKILL);
-}
-
 }  // namespace
 
 namespace {
@@ -274,7 +266,7 @@ fs::path save_checkpoint(const fs::path& run_dir, const CausalLM& model, const T
       save_adapter(*model, adapter->spec, adapter->summary, tmp, adapter->base_model, &tokenizer);
     else
       save_hf_model(*model, tmp, &tokenizer, /*max_shard_bytes=*/INT64_MAX);
-    crash_here_if_testing(state.step);
+    kill_here_if_testing("save", state.step);
     NamedTensors moments;
     for (const auto& s : optimizer.state()) {
       moments.emplace_back(s.name + ".exp_avg", s.exp_avg);
@@ -296,6 +288,11 @@ fs::path save_checkpoint(const fs::path& run_dir, const CausalLM& model, const T
     remove_tree(tmp, ignored);
     throw;
   }
+  kill_here_if_testing("rename", state.step);
+  // The rename is durable only once checkpoints/ is synced (and the run directory, which holds
+  // checkpoints/ since the first save); until then a power cut could undo it.
+  sync_directory(final_dir.parent_path());
+  sync_directory(run_dir);
   return final_dir;
 }
 
@@ -428,6 +425,7 @@ void apply_retention(const fs::path& run_dir, int64_t keep_last) {
   for (std::size_t i = static_cast<std::size_t>(keep_last); i < complete.size(); ++i) {
     if (best && complete[i] == *best) continue;
     remove_tree(complete[i]);
+    kill_here_if_testing("retention", step_of(complete.front()));
   }
 }
 

@@ -589,7 +589,7 @@ DeviceMemory measure_device_memory(torch::Device device) {
     memory.available_mb = static_cast<double>(free_bytes) / kMiB;
     return memory;
   }
-  memory.native_bf16 = cpu_has_native_bf16();
+  memory.native_bf16 = cpu_bf16_kernels() == CpuBf16Kernels::kNative;
   memory.allocator_slack = host_cache_installed() ? kHostCacheSlack : 0.0;
   // An idle lmtune's cost is this process's resident set (VmRSS): its libraries and runtime are
   // loaded, nothing of a run is. A run in this process has MemAvailable on top of it.

@@ -119,7 +119,9 @@ std::string resolve_auto_precision(Config& config, torch::Device device,
       "train.precision: auto: {} on this CPU: a {}x{}x{} linear layer's forward and backward took "
       "{:.1f} ms in fp32 and {:.1f} ms in bf16{}",
       enum_name(precision), probe.tokens, probe.in, probe.out, probe.fp32_ms, probe.bf16_ms,
-      cpu_has_native_bf16() ? "" : " (emulated: this CPU has no fast bf16 matmuls)");
+      cpu_bf16_kernels() == CpuBf16Kernels::kNative
+          ? ""
+          : " (emulated: this CPU has no fast bf16 matmuls)");
 }
 
 AutocastScope::AutocastScope(Precision precision, torch::Device device) {

@@ -11,9 +11,12 @@
 #include "lmtune/core/errors.h"
 #include "lmtune/core/host_allocator.h"
 #include "lmtune/core/runtime.h"
+#include "lmtune/core/test_hooks.h"
 #include "lmtune/infer/generate.h"
+#include "lmtune/io/atomic_file.h"
 #include "lmtune/io/remove_tree.h"
 #include "lmtune/io/safetensors.h"
+#include "lmtune/model/activation_checkpoint.h"
 #include "lmtune/model/hf_model_files.h"
 #include "lmtune/train/freeze.h"
 #include "lmtune/train/memory.h"
@@ -402,6 +405,7 @@ void Trainer::resume() {
   progress_->message(fmt::format(
       "resuming from {} at step {} (epoch {}, window {} of the data order)", dir.string(),
       state_.step, state_.data_position.epoch, state_.data_position.index));
+  kill_here_if_testing("resume", state_.step);
 }
 
 void Trainer::prepare_run_directory() {
@@ -524,6 +528,7 @@ std::optional<EvalResult> Trainer::evaluate_and_log(int64_t step) {
                            {"peak_memory_mb", peak_mb}};
   if (step <= rerun_until_) record["rerun"] = true;
   write_record(record);
+  kill_here_if_testing("eval", step);
   progress_->message(fmt::format(
       "eval at step {}: loss {:.4f}, perplexity {:.2f} ({} tokens), peak memory {:.0f} MB", step,
       result.loss, result.perplexity, result.tokens, peak_mb));
@@ -598,7 +603,7 @@ TrainSummary Trainer::train() {
   }
   StopSignals signals;
 
-  bool stop_early = false;
+  bool stop_early = stopped_early_before();
   std::optional<EvalResult> eval;  // of the latest step, when it had one
   while (state_.step < total_steps_ && !stop_early) {
     double lr = learning_rate(config_.train, state_.step);
@@ -609,6 +614,7 @@ TrainSummary Trainer::train() {
     }
     interval_loss_ += result.loss;
     ++state_.step;
+    kill_here_if_testing("step", state_.step);
     check_nonfinite_streak();
     state_.lr = lr;
     const bool last = state_.step == total_steps_;
@@ -633,17 +639,33 @@ TrainSummary Trainer::train() {
   summary.stopped_early = stop_early;
   summary.steps = state_.step;
   summary.train_loss = last_logged_loss_;
-  summary.last_eval = stop_early ? eval : evaluate_and_log(state_.step);
+  summary.last_eval = stop_early && eval ? eval : evaluate_and_log(state_.step);
   if (saved_step_ != state_.step) save_checkpoint_now(summary.last_eval);
   if (main_rank()) save_final();
   // The ranks end together: none reports success before rank 0 has written final/.
   if (group_) group_->barrier("the end of training");
   summary.seconds = elapsed_before_ + seconds_since(start_time_);
   summary.peak_memory_mb = peak_memory_mb(device_);
+  if (config_.model.gradient_checkpointing)
+    progress_->message(fmt::format("gradient checkpointing: {} block(s) recomputed in backward",
+                                   activation_recomputations()));
   progress_->message(fmt::format("done: {} steps in {}, final model in {}", state_.step,
                                  format_duration(summary.seconds),
                                  (fs::path(config_.run.output_dir) / "final").string()));
   return summary;
+}
+
+// A resumed run whose checkpoint is that of an early stop (the run was killed while it finished)
+// finishes without training further, as the uninterrupted run did; unless the resume raised
+// eval.patience.
+bool Trainer::stopped_early_before() {
+  const int64_t patience = config_.eval.patience;
+  if (patience == 0 || state_.evals_without_improvement < patience) return false;
+  progress_->message(
+      fmt::format("resume: the run stopped early at step {} (no improvement in {} evaluations, "
+                  "eval.patience: {}); finishing it",
+                  state_.step, state_.evals_without_improvement, patience));
+  return true;
 }
 
 bool Trainer::patience_exhausted(const EvalResult& eval) {
@@ -713,6 +735,7 @@ void Trainer::save_final() {
   remove_tree(previous);
   if (fs::exists(final_dir)) fs::rename(final_dir, previous);
   fs::rename(tmp, final_dir);
+  sync_directory(config_.run.output_dir);  // makes the renames durable
   remove_tree(previous);
 }
 

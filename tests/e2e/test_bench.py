@@ -55,13 +55,19 @@ def with_flag(name, value):
     return args
 
 
-@pytest.mark.parametrize("name,value", [("--precision", "fp16"), ("--steps", "0"),
-                                        ("--threads", "-1"), ("--n-embd", "33"), ("--bogus", "1")])
-def test_bad_flags_are_usage_errors(lmtune, name, value):
+@pytest.mark.parametrize("name,value,message", [
+    ("--precision", "fp16", "--precision: fp16 not in {fp32,bf16}; see lmtune bench --help"),
+    ("--steps", "0", "--steps: must be at least 1, got 0; see lmtune bench --help"),
+    ("--threads", "-1", "--threads: must be at least 0, got -1; see lmtune bench --help"),
+    ("--n-embd", "33", "--n-embd (33) must be a multiple of --n-head (2)"),
+    ("--bogus", "1", "The following arguments were not expected: 1 --bogus"),
+])
+def test_bad_flags_are_usage_errors_naming_the_flag(lmtune, name, value, message):
     result = lmtune("bench", *with_flag(name, value))
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
-    assert result.stderr.strip()
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("lmtune error: ") and message in line, line
 
 
 def test_bench_runs_a_llama_shape(lmtune):

@@ -200,3 +200,4 @@ def test_usage_errors_exit_2(lmtune, tmp_path, args, message):
 def test_unknown_subcommand_exits_2(lmtune):
     result = lmtune("fly")
     assert result.returncode == 2
+    assert "lmtune error: unknown command 'fly'; see lmtune --help" in result.stderr

@@ -152,7 +152,7 @@ def test_a_run_killed_and_resumed_has_every_step_once_with_the_resumed_values(tm
     path = write(tmp_path / "c.json", config(tmp_path, model, every_steps=1))
     # SIGKILL halfway through saving step 8: steps 5-8 and the evaluation at 8 were logged, and
     # the run resumes from step 4, so they run again.
-    crashed = run_lmtune("train", path, env={"LMTUNE_TEST_CRASH_IN_SAVE": "8"})
+    crashed = run_lmtune("train", path, env={"LMTUNE_TEST_KILL_AT": "save:8"})
     assert crashed.returncode == -signal.SIGKILL
     run = tmp_path / "run"
     killed = expected_scalars(run)
@@ -180,7 +180,7 @@ def test_a_run_killed_and_resumed_has_every_step_once_with_the_resumed_values(tm
 def test_a_start_killed_before_its_first_checkpoint_is_taken_over_with_its_event_files(tmp_path,
                                                                                        model):
     path = write(tmp_path / "c.json", config(tmp_path, model))
-    crashed = run_lmtune("train", path, env={"LMTUNE_TEST_CRASH_IN_SAVE": "4"})
+    crashed = run_lmtune("train", path, env={"LMTUNE_TEST_KILL_AT": "save:4"})
     assert crashed.returncode == -signal.SIGKILL
     run = tmp_path / "run"
     assert len(list((run / "tensorboard").iterdir())) == 1

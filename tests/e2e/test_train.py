@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import GPT2LMHeadModel, GPT2TokenizerFast
 
 from conftest import make_tiny_model, shakespeare
@@ -77,31 +76,6 @@ def test_final_model_loads_and_generates_in_transformers_and_lmtune(lmtune, tmp_
     # Greedy continuations agree between lmtune and transformers on the model lmtune wrote.
     expected = tokenizer.decode(out[0, ids.shape[1]:])
     assert result.stdout[:-1] == expected.split("<|endoftext|>")[0]  # print() adds one newline
-
-
-@pytest.mark.parametrize("micro,accum", [(4, 2), (2, 4)])
-def test_gradient_accumulation_gives_the_same_weights(lmtune, tmp_path, data, micro, accum):
-    model = make_tiny_model(tmp_path / "model")
-    reference = base_config(tmp_path, model, max_steps=6, micro_batch_size=8, grad_accum_steps=1)
-    reference["run"]["output_dir"] = str(tmp_path / "ref")
-    train(lmtune, tmp_path, reference, "ref.json")
-    accumulated = base_config(tmp_path, model, max_steps=6, micro_batch_size=micro,
-                              grad_accum_steps=accum)
-    train(lmtune, tmp_path, accumulated)
-    a = load_file(tmp_path / "ref" / "final" / "model.safetensors")
-    b = load_file(tmp_path / "run" / "final" / "model.safetensors")
-    assert a.keys() == b.keys()
-    # Summation order differs, so the gradients agree to float rounding; Adam turns a rounding
-    # difference on a near-zero gradient into up to 2 x lr per step, so a few weights may differ
-    # by that much, and every other one agrees closely.
-    lr, steps = 3e-3, 6
-    for name in a:
-        difference = (a[name] - b[name]).abs()
-        assert difference.max() <= 2 * lr * steps, name
-        assert (difference > 1e-5).float().mean() < 1e-3, name
-    # The runs really trained: weights moved away from the initial model.
-    initial = load_file(model / "model.safetensors")
-    assert not torch.allclose(initial["transformer.h.0.mlp.c_fc.weight"], a["transformer.h.0.mlp.c_fc.weight"])
 
 
 def independent_mean_loss(model_dir, documents, seq_len):

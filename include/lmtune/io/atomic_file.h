@@ -13,6 +13,11 @@ namespace lmtune {
 // a file-size limit: EFBIG) throws lmtune::Error naming `path`.
 void write_all(int fd, const void* data, std::size_t size, const std::filesystem::path& path);
 
+// fsyncs the directory `dir` (empty: the working directory), so that the entries created, renamed
+// or removed in it survive a power cut; a rename is durable only once its directory is synced.
+// Throws lmtune::Error when the directory cannot be opened or synced.
+void sync_directory(const std::filesystem::path& dir);
+
 // Runs `write(fd, tmp)` on a new temporary file beside `path`, then fsyncs it and renames it to
 // `path`, replacing any file there. On any failure the temporary file is removed, `path` is left
 // as it was, and the error propagates.

@@ -2,6 +2,7 @@
 // activations, and runs it again in backward to get its gradients. Training only.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <vector>
 
@@ -18,5 +19,9 @@ using ActivationFn = std::function<torch::Tensor(const torch::Tensor&)>;
 // parameters): those that require grad receive their gradients through this node.
 torch::Tensor checkpoint_activation(const ActivationFn& fn, const torch::Tensor& x,
                                     const std::vector<torch::Tensor>& params);
+
+// How many times this process has rerun a function in backward (one per checkpointed block and
+// micro-batch): what the trainer logs at the end of a run, and what tests count.
+int64_t activation_recomputations();
 
 }  // namespace lmtune

@@ -11,10 +11,19 @@ namespace lmtune {
 
 // Whether LibTorch's bf16 matmuls are fast on this CPU: on x86, oneDNN's need AVX-512 BW, VL and
 // DQ (not the AVX-512 BF16 instructions); without them LibTorch falls back to scalar bf16 loops.
-// Other architectures are taken to be fast. Checked once per process; nothing overrides it.
+// Other architectures are taken to be fast. Checked once per process.
 bool cpu_has_native_bf16();
 
-// Whether ops on `t` run under CPU bf16 autocast on a CPU without native bf16.
+// The kernels CPU bf16 autocast runs on: LibTorch's own, or the emulation of this file.
+enum class CpuBf16Kernels { kNative, kEmulated };
+
+// kNative where cpu_has_native_bf16(), else kEmulated; unless forced, so that tests run the path
+// a CPU of the other kind takes: LMTUNE_CPU_BF16=native|emulated in the environment (read once;
+// other values are ignored), or force_cpu_bf16_kernels, which overrides it (nullopt: no longer).
+CpuBf16Kernels cpu_bf16_kernels();
+void force_cpu_bf16_kernels(std::optional<CpuBf16Kernels> kernels);
+
+// Whether ops on `t` run under CPU bf16 autocast with the emulated kernels.
 bool emulates_bf16(const torch::Tensor& t);
 
 // torch::linear as autocast would run it: x (..., in), weight (out, in), bias (out) or undefined.

@@ -72,6 +72,7 @@ class Trainer {
   void release_cpu_copies();
   // Records an evaluation for early stopping; true when training should stop.
   bool patience_exhausted(const EvalResult& eval);
+  bool stopped_early_before();
   std::optional<EvalResult> evaluate_and_log(int64_t step);
   void log_samples(int64_t step);
   void log_step(int64_t step, const TrainingStep::Result& result, double lr);
