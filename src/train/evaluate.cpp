@@ -39,6 +39,24 @@ torch::Tensor summed_token_loss(const CausalLM& model, const Batch& batch, Preci
       torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
 }
 
+torch::Tensor summed_distill_terms(const CausalLM& student, const CausalLM& teacher,
+                                   const Batch& batch, Precision precision, torch::Device device,
+                                   int64_t chunk_tokens, DistillTermsOptions options) {
+  auto inputs = to_device(batch.inputs, device);    // (B, T)
+  auto targets = to_device(batch.targets, device);  // (B, T)
+  AutocastScope autocast(precision, device);
+  torch::Tensor teacher_hidden;
+  {
+    torch::NoGradGuard frozen;
+    teacher_hidden = teacher->hidden_states(inputs);  // (B, T, C')
+  }
+  auto hidden = student->hidden_states(inputs);  // (B, T, C)
+  return chunked_distill_terms(hidden.reshape({-1, hidden.size(-1)}), student->output_weight(),
+                               teacher_hidden.reshape({-1, teacher_hidden.size(-1)}),
+                               teacher->output_weight(), targets.reshape({-1}), options,
+                               chunk_tokens);
+}
+
 int64_t chunked_loss_auto_bytes(torch::Device device) {
   if (!device.is_cuda()) return kChunkedLossAutoBytes;
   const std::size_t total_bytes =

@@ -3,6 +3,7 @@
 #include "lmtune/core/errors.h"
 #include "lmtune/core/host_allocator.h"
 #include "lmtune/core/runtime.h"
+#include "lmtune/io/tokenizer_vocabulary.h"
 #include "lmtune/model/gpt2.h"
 #include "lmtune/model/model_factory.h"
 
@@ -44,7 +45,45 @@ AdapterSetup attach_adapters(const Config& config, CausalLMImpl& model) {
   return adapter;
 }
 
+// Throws unless the teacher's tokenizer spells every id as the student's does.
+void check_same_vocabulary(const fs::path& student_dir, const fs::path& teacher_dir) {
+  const TokenizerVocabulary student = read_tokenizer_vocabulary(student_dir, false);
+  const TokenizerVocabulary teacher = read_tokenizer_vocabulary(teacher_dir, false);
+  std::string difference;
+  if (student.tokens.size() != teacher.tokens.size()) {
+    difference = std::to_string(teacher.tokens.size()) + " tokens against the student's " +
+                 std::to_string(student.tokens.size());
+  } else {
+    for (std::size_t id = 0; id < student.tokens.size() && difference.empty(); ++id) {
+      const VocabularyToken &a = student.tokens[id], &b = teacher.tokens[id];
+      if (a.defined != b.defined || a.text != b.text)
+        difference =
+            "token " + std::to_string(id) + " is '" + b.text + "', the student's '" + a.text + "'";
+    }
+  }
+  if (!difference.empty())
+    throw InputError(teacher_dir.string(),
+                     "distill.teacher's tokenizer (" + teacher.file.string() +
+                         ") is not the student's (" + student.file.string() + "): " + difference +
+                         "; distillation needs a teacher with the student's vocabulary");
+}
+
 }  // namespace
+
+CausalLM build_teacher(const Config& config, const CausalLM& student, torch::Device device) {
+  const fs::path teacher_dir = config.distill.teacher;
+  check_same_vocabulary(tokenizer_dir(config), teacher_dir);
+  CausalLM teacher = load_causal_lm(teacher_dir, device);
+  if (teacher->spec().vocab_size != student->spec().vocab_size)
+    throw InputError(teacher_dir.string(), "distill.teacher's output vocabulary has " +
+                                               std::to_string(teacher->spec().vocab_size) +
+                                               " rows, the student's " +
+                                               std::to_string(student->spec().vocab_size) +
+                                               "; distillation needs the same vocabulary size");
+  for (auto& p : teacher->parameters()) p.requires_grad_(false);
+  teacher->eval();
+  return teacher;
+}
 
 QuantType quant_type(Quantize quantize) {
   switch (quantize) {

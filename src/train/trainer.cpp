@@ -55,6 +55,8 @@ constexpr std::pair<const char*, const char*> kTensorBoardScalars[] = {
     {"grad_norm", "train/grad_norm"},
     {"tokens_per_sec", "train/tokens_per_sec"},
     {"loss_scale", "train/loss_scale"},
+    {"loss_ce", "train/loss_ce"},
+    {"loss_kl", "train/loss_kl"},
     {"eval_loss", "eval/loss"},
     {"eval_perplexity", "eval/perplexity"},
     {"peak_memory_mb", "memory/peak_mb"}};
@@ -228,6 +230,7 @@ void Trainer::setup() {
                                                   loss_chunk_tokens_, config_.train.max_grad_norm},
                                      scaler_.get());
   if (group_) training_step_->distribute(*group_);
+  if (!config_.distill.teacher.empty()) setup_distillation();
   int64_t parameters = 0;
   for (const auto& p : training_step_->parameters()) parameters += p.numel();
   progress_->message("model: " + std::to_string(parameters) + " trainable parameters, " +
@@ -480,6 +483,25 @@ TrainingStep::Result Trainer::train_step(double lr) {
   return result;
 }
 
+void Trainer::setup_distillation() {
+  teacher_ = build_teacher(config_, model_, device_);
+  DistillSettings distill;
+  distill.teacher = teacher_;
+  distill.alpha = config_.distill.alpha;
+  distill.options.temperature = config_.distill.temperature;
+  distill.options.reverse = config_.distill.loss == DistillLoss::kReverseKl;
+  // Always chunked: the plain loss would hold both models' full logits at once.
+  distill.chunk_tokens =
+      loss_chunk_tokens_ > 0 ? loss_chunk_tokens_ : config_.train.loss_chunk_tokens;
+  training_step_->distill(std::move(distill));
+  int64_t parameters = 0;
+  for (const auto& p : teacher_->parameters()) parameters += p.numel();
+  progress_->message(fmt::format(
+      "distill: teacher {} ({} parameters, {} layers), loss = {:g} x CE + {:g} x {:g}^2 x {}",
+      config_.distill.teacher, parameters, teacher_->spec().n_layer, 1 - config_.distill.alpha,
+      config_.distill.alpha, config_.distill.temperature, enum_name(config_.distill.loss)));
+}
+
 void Trainer::log_step(int64_t step, const TrainingStep::Result& result, double lr) {
   // Reading the loss synchronises with the device: only done here, at logging intervals.
   const int64_t steps = step - state_.last_log_step;
@@ -499,6 +521,14 @@ void Trainer::log_step(int64_t step, const TrainingStep::Result& result, double 
                            {"tokens", state_.tokens_seen},
                            {"tokens_per_sec", tokens_per_sec},
                            {"elapsed_s", elapsed}};
+  if (teacher_) {
+    auto terms = (interval_terms_ / static_cast<double>(std::max<int64_t>(steps, 1)))
+                     .to(torch::kFloat64)
+                     .cpu();
+    record["loss_ce"] = terms[0].item<double>();
+    record["loss_kl"] = terms[1].item<double>();
+    interval_terms_.zero_();
+  }
   if (step <= rerun_until_) record["rerun"] = true;
   if (group_) {
     record["comm_wait_s"] = comm_wait_s_ / static_cast<double>(std::max<int64_t>(steps, 1));
@@ -597,6 +627,10 @@ TrainSummary Trainer::train() {
   last_log_tokens_ = state_.tokens_seen;
   interval_loss_ = torch::full({}, state_.interval_loss,
                                torch::TensorOptions().dtype(torch::kFloat32).device(device_));
+  if (teacher_)
+    interval_terms_ = torch::tensor(state_.interval_terms.value_or(std::vector<double>{0, 0}),
+                                    torch::TensorOptions().dtype(torch::kFloat32))
+                          .to(device_);
   if (state_.step == 0) {
     ExitOnSignal evaluating;  // still nothing to save
     summary.first_eval = evaluate_and_log(0);
@@ -613,6 +647,7 @@ TrainSummary Trainer::train() {
       if (state_.step == first_step_) log_overlap(*sync);
     }
     interval_loss_ += result.loss;
+    if (teacher_) interval_terms_ += result.terms;
     ++state_.step;
     kill_here_if_testing("step", state_.step);
     check_nonfinite_streak();
@@ -698,6 +733,10 @@ void Trainer::save_checkpoint_now(const std::optional<EvalResult>& eval) {
   state_.data_position = batcher_->position();
   state_.eval_loss = eval ? std::optional<double>(eval->loss) : std::nullopt;
   state_.interval_loss = interval_loss_.item<double>();
+  if (teacher_) {
+    auto terms = interval_terms_.to(torch::kFloat64).cpu();
+    state_.interval_terms = std::vector<double>{terms[0].item<double>(), terms[1].item<double>()};
+  }
   state_.elapsed_s = elapsed_before_ + seconds_since(start_time_);
   if (scaler_) {
     LossScalerState scaler = scaler_->state();

@@ -31,18 +31,29 @@ TrainingStep::Result TrainingStep::run(const std::vector<Batch>& micro_batches, 
   for (const auto& batch : micro_batches) targets += batch.target_tokens;
   if (step_targets) targets = *step_targets;
   const auto& s = settings_;
-  auto step_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(s.device));
+  const auto fp32 = torch::TensorOptions().dtype(torch::kFloat32).device(s.device);
+  auto step_loss = torch::zeros({}, fp32);
+  auto step_terms = distill_ ? torch::zeros({2}, fp32) : torch::Tensor();  // (CE, KL)
+  const double norm = static_cast<double>(std::max<int64_t>(targets, 1));
   for (std::size_t i = 0; i < micro_batches.size(); ++i) {
     if (sync_) sync_->set_enabled(i + 1 == micro_batches.size());
-    auto loss =
-        summed_token_loss(model_, micro_batches[i], s.precision, s.device, s.loss_chunk_tokens) /
-        static_cast<double>(std::max<int64_t>(targets, 1));
+    torch::Tensor loss;
+    if (distill_) {
+      auto terms = distillation_terms(micro_batches[i]) / norm;  // (2)
+      loss = distill_loss(terms);
+      step_terms += terms.detach();
+    } else {
+      loss =
+          summed_token_loss(model_, micro_batches[i], s.precision, s.device, s.loss_chunk_tokens) /
+          norm;
+    }
     (scaler_ ? scaler_->scale(loss) : loss).backward();
     step_loss += loss.detach();
   }
   if (sync_) {
     sync_->finish();
     group_->all_reduce_sum(step_loss, "the loss all-reduce");
+    if (distill_) group_->all_reduce_sum(step_terms, "the distillation terms all-reduce");
   }
   // A step whose gradients or loss are inf/NaN is skipped on the device (found_inf = 1); clipping
   // sees unscaled gradients.
@@ -54,7 +65,19 @@ TrainingStep::Result TrainingStep::run(const std::vector<Batch>& micro_batches, 
   optimizer_.step(lr, found_inf);
   optimizer_.zero_grad();
   if (scaler_) scaler_->update(found_inf);
-  return {step_loss, grad_norm, loss_nonfinite};
+  return {step_loss, grad_norm, loss_nonfinite, step_terms};
+}
+
+torch::Tensor TrainingStep::distillation_terms(const Batch& batch) const {
+  const auto& s = settings_;
+  return summed_distill_terms(model_, distill_->teacher, batch, s.precision, s.device,
+                              distill_->chunk_tokens, distill_->options);
+}
+
+torch::Tensor TrainingStep::distill_loss(const torch::Tensor& terms) const {
+  const double t = distill_->options.temperature;
+  // Hinton et al.'s T^2 keeps the soft term's gradients on the scale of the hard term's.
+  return (1 - distill_->alpha) * terms[0] + distill_->alpha * t * t * terms[1];
 }
 
 }  // namespace lmtune

@@ -52,7 +52,7 @@ def test_resolved_config_has_every_default(lmtune, tmp_path):
     assert resolved["train"]["precision"] == "auto"  # resolved when a run starts
     assert resolved["data"]["train"] == str(tmp_path / "train.txt")
     assert set(resolved) == {"run", "model", "data", "train", "eval", "checkpoint", "logging",
-                             "lora"}
+                             "lora", "distill"}
     assert resolved["lora"]["enabled"] is False  # no lora section written: adapters off
     assert resolved["data"]["seq_len"] == 128  # the model's context, as no seq_len was given
 

@@ -12,6 +12,13 @@
 //                                                          writes logits and, for every trained
 //                                                          tensor, grad.<lmtune name> of the
 //                                                          next-token loss; prints {"loss": ...}
+//   gpt2_probe distill STUDENT TEACHER IDS_JSON TARGETS_JSON ALPHA TEMPERATURE kl|reverse_kl
+//                      CHUNK OUT.safetensors               the distillation terms of the student
+//                                                          on inputs IDS and TARGETS (-100 kept
+//                                                          out) in fp32, chunks of CHUNK tokens;
+//                                                          writes grad.<lmtune name> of
+//                                                          (1 - ALPHA) CE + ALPHA T^2 KL (sums);
+//                                                          prints {"ce": sum, "kl": sum}
 #include <fstream>
 #include <iostream>
 
@@ -22,6 +29,7 @@
 #include "lmtune/model/hf_model_files.h"
 #include "lmtune/model/lora.h"
 #include "lmtune/model/model_factory.h"
+#include "lmtune/train/evaluate.h"
 
 namespace {
 
@@ -77,6 +85,30 @@ int main(int argc, char** argv) {
       std::cout << nlohmann::json{{"loss", loss.item<double>()}}.dump() << std::endl;
       return 0;
     }
+    if (verb == "distill" && argc == 11) {
+      CausalLM student = load_causal_lm(argv[2]), teacher = load_causal_lm(argv[3]);
+      student->eval();  // no dropout; gradients still flow
+      teacher->eval();
+      Batch batch;
+      batch.inputs = ids_tensor(argv[4]);   // (B, T)
+      batch.targets = ids_tensor(argv[5]);  // (B, T)
+      DistillTermsOptions options;
+      const double alpha = std::stod(argv[6]);
+      options.temperature = std::stod(argv[7]);
+      options.reverse = std::string(argv[8]) == "reverse_kl";
+      auto terms = summed_distill_terms(student, teacher, batch, Precision::kFp32, torch::kCPU,
+                                        std::stoll(argv[9]), options);  // (2)
+      const double t2 = options.temperature * options.temperature;
+      ((1 - alpha) * terms[0] + alpha * t2 * terms[1]).backward();
+      NamedTensors out;
+      for (const auto& item : student->named_parameters())
+        out.emplace_back("grad." + item.key(), item.value().grad());
+      write_safetensors(argv[10], out);
+      std::cout
+          << nlohmann::json{{"ce", terms[0].item<double>()}, {"kl", terms[1].item<double>()}}.dump()
+          << std::endl;
+      return 0;
+    }
     if (verb == "resave" && (argc == 4 || argc == 5)) {
       const int64_t max_shard_bytes = argc == 5 ? std::stoll(argv[4]) : kDefaultMaxShardBytes;
       save_hf_model(*load_causal_lm(argv[2]), argv[3], /*tokenizer=*/nullptr, max_shard_bytes);
@@ -110,7 +142,8 @@ int main(int argc, char** argv) {
   std::cerr << "usage: gpt2_probe logits MODEL_DIR IDS_JSON OUT | resave MODEL_DIR OUT_DIR "
                "[MAX_SHARD_BYTES] | greedy MODEL_DIR IDS_JSON N [BATCH_SIZE] | lora-grads "
                "MODEL_DIR ADAPTER_DIR "
-               "IDS_JSON OUT"
+               "IDS_JSON OUT | distill STUDENT TEACHER IDS_JSON TARGETS_JSON ALPHA TEMPERATURE "
+               "kl|reverse_kl CHUNK OUT"
             << std::endl;
   return 2;
 }

@@ -436,6 +436,40 @@ struct LoraConfig {
   }
 };
 
+enum class DistillLoss { kKl, kReverseKl };
+template <>
+struct EnumNames<DistillLoss> {
+  static constexpr EnumTable<DistillLoss, 2> kTable{
+      {{DistillLoss::kKl, "kl"}, {DistillLoss::kReverseKl, "reverse_kl"}}};
+};
+
+struct DistillConfig {
+  std::string teacher;       // teacher model directory; empty = no distillation
+  double alpha = 0.5;        // weight of the distillation term; the cross-entropy gets 1 - alpha
+  double temperature = 2.0;  // both distributions softened by it; the term is scaled by T^2
+  DistillLoss loss = DistillLoss::kKl;
+
+  template <class V>
+  void visit(V& v) {
+    v(teacher, Field("teacher",
+                     "Teacher model directory (any supported family) for knowledge distillation; "
+                     "it must have the student's tokenizer. Empty trains without a teacher.")
+                   .path());
+    v(alpha, Field("alpha",
+                   "Weight of the distillation term: loss = (1 - alpha) x cross-entropy + alpha x "
+                   "T^2 x KL (docs/distillation.md).")
+                 .min(0)
+                 .max(1));
+    v(temperature, Field("temperature",
+                         "Softmax temperature T of both the teacher's and the student's logits "
+                         "in the distillation term.")
+                       .above(0));
+    v(loss, Field("loss",
+                  "kl: forward KL(teacher || student), mass-covering; reverse_kl: KL(student || "
+                  "teacher), mode-seeking."));
+  }
+};
+
 // The whole config. Sections and keys are listed once, in the visit() functions above.
 struct Config {
   RunConfig run;
@@ -446,6 +480,7 @@ struct Config {
   CheckpointConfig checkpoint;
   LoggingConfig logging;
   LoraConfig lora;
+  DistillConfig distill;
 
   template <class V>
   void visit(V& v) {
@@ -457,6 +492,7 @@ struct Config {
     v.section("checkpoint", checkpoint);
     v.section("logging", logging);
     v.section("lora", lora);
+    v.section("distill", distill);
   }
 };
 

@@ -38,6 +38,8 @@ struct TrainerState {
   std::optional<double> eval_loss;  // evaluation at this very step, when there was one
   double interval_loss = 0;         // sum of step losses since the last logged step
   int64_t last_log_step = 0;
+  // With distillation: sums of the steps' (CE, KL) terms since the last logged step.
+  std::optional<std::vector<double>> interval_terms;
   double elapsed_s = 0;   // training time before this checkpoint
   nlohmann::json config;  // the resolved config
   std::string config_hash;
@@ -63,6 +65,7 @@ struct TrainerState {
     v(eval_loss, "/eval_loss");
     v(interval_loss, "/logging/interval_loss");
     v(last_log_step, "/logging/last_log_step");
+    v(interval_terms, "/logging/interval_terms");
     v(elapsed_s, "/elapsed_s");
     v(config, "/config");
     v(config_hash, "/config_hash");

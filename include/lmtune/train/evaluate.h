@@ -8,6 +8,7 @@
 #include "lmtune/core/config.h"
 #include "lmtune/data/dataset.h"
 #include "lmtune/model/causal_lm.h"
+#include "lmtune/model/distill_loss.h"
 #include "lmtune/train/distributed.h"
 
 namespace lmtune {
@@ -18,6 +19,14 @@ namespace lmtune {
 // logits never exist.
 torch::Tensor summed_token_loss(const CausalLM& model, const Batch& batch, Precision precision,
                                 torch::Device device, int64_t loss_chunk_tokens = 0);
+
+// The distillation terms of a student against a frozen teacher on a batch: (2) fp32 on `device`,
+// [cross-entropy sum, KL sum] over the batch's targets (ignoring -100), chunked_distill_terms'
+// formula. Both forward passes run under autocast for `precision`, the teacher's without
+// gradients; the vocabulary projections and the terms run in chunks of chunk_tokens (> 0) tokens.
+torch::Tensor summed_distill_terms(const CausalLM& student, const CausalLM& teacher,
+                                   const Batch& batch, Precision precision, torch::Device device,
+                                   int64_t chunk_tokens, DistillTermsOptions options);
 
 // Above this many bytes of fp32 logits per micro-batch (B x T x V x 4), chunked_loss: auto
 // chooses the chunked loss on a CPU. At 8 x 512 x 50257 (823 MB of logits) it measured 1.7 GB

@@ -45,6 +45,11 @@ struct BuiltModel {
 // data.seq_len.
 BuiltModel build_model(const Config& config, const Tokenizer& tokenizer, torch::Device device);
 
+// distill.teacher in fp32 on `device`, frozen (no parameter requires gradients) and in eval mode.
+// Throws InputError naming both directories when its tokenizer's vocabulary is not the student's
+// (tokenizer_dir(config)) token for token, or its output vocabulary differs from `student`'s.
+CausalLM build_teacher(const Config& config, const CausalLM& student, torch::Device device);
+
 // model.quantize as the model layer names it.
 QuantType quant_type(Quantize quantize);
 

@@ -66,6 +66,7 @@ class Trainer {
   void resume();
   TrainingStep::Result train_step(double lr);
   void setup_memory_levers();
+  void setup_distillation();
   void check_nonfinite_streak() const;
   bool checkpoint_due(bool last_step) const;
   void save_checkpoint_now(const std::optional<EvalResult>& eval);
@@ -89,6 +90,7 @@ class Trainer {
   std::unique_ptr<Distributed> group_;  // data parallel under torchrun
   std::unique_ptr<Tokenizer> tokenizer_;
   CausalLM model_;
+  CausalLM teacher_;                     // with distill.teacher
   std::optional<AdapterSetup> adapter_;  // with lora.enabled
   std::optional<PreparedData> data_;
   std::unique_ptr<Batcher> batcher_;
@@ -113,7 +115,8 @@ class Trainer {
   // For tokens/s and ETA between two logged steps.
   std::chrono::steady_clock::time_point start_time_, last_log_time_;
   int64_t last_log_tokens_ = 0;
-  torch::Tensor interval_loss_;  // sum of step losses since the last log (device scalar)
+  torch::Tensor interval_loss_;   // sum of step losses since the last log (device scalar)
+  torch::Tensor interval_terms_;  // with distillation: the same of the (CE, KL) terms, (2)
   double last_logged_loss_ = 0;
   double comm_wait_s_ = 0;  // data parallel: seconds waited for gradients since the last log
 };
