@@ -11,7 +11,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 lmtune=${LMTUNE_BIN:-$root/build/lmtune}
 python=${LMTUNE_VENV:-$HOME/.cache/lmtune/venv}/bin/python
 shared=${LMTUNE_SHARED_DIR:-$root/../shared}
-steps=300
+steps=100
 seeds="1"
 threads=1
 out=$(mktemp -d)
@@ -39,9 +39,9 @@ for seed in $seeds; do
           "curriculum_pace_steps": $((steps / 2))},
  "train": {"max_steps": $steps, "micro_batch_size": 8, "precision": "fp32", "lr": 3e-3,
            "schedule": "cosine", "warmup_steps": 20},
- "eval": {"every_steps": $((steps / 6))},
+ "eval": {"every_steps": $((steps / 5)), "max_batches": 16},
  "checkpoint": {"every_steps": 0, "keep_last": 1},
- "logging": {"every_steps": $((steps / 6)), "tensorboard": false}}
+ "logging": {"every_steps": $((steps / 5)), "tensorboard": false}}
 JSON
     "$lmtune" train "$out/$order-$seed.json" >/dev/null 2>"$out/$order-$seed.log"
   done
