@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <set>
 
@@ -11,6 +12,7 @@
 #include "lmtune/core/errors.h"
 #include "lmtune/data/cleaning.h"
 #include "lmtune/data/dataset.h"
+#include "lmtune/data/token_cache.h"
 #include "lmtune/io/tokenizer.h"
 #include "temp_dir_test.h"
 
@@ -354,6 +356,30 @@ TEST_F(DataTest, CacheIsRebuiltWhenContentOptionsOrTokenizerChange) {
   EXPECT_TRUE(prepare(ByteTokenizer(/*shift=*/1)).report.from_cache);
 }
 
+TEST_F(DataTest, OrderOptionsReuseTheCache) {
+  auto base = prepare("t.txt", "hello\n\nworld\n").report.cache_dir;
+  config_.order = lmtune::DataOrder::kCurriculum;
+  config_.curriculum_start_fraction = 0.5;
+  config_.curriculum_pace_steps = 7;
+  auto report = prepare().report;
+  EXPECT_TRUE(report.from_cache);
+  EXPECT_EQ(report.cache_dir, base);
+}
+
+TEST_F(DataTest, ScoreFilesRoundTripAndAreNamedByWhatMadeThem) {
+  fs::path file = lmtune::score_file(dir_, "train", "loss", {{"weights", "a"}});
+  EXPECT_EQ(file.parent_path(), dir_);
+  EXPECT_EQ(file.filename().string().rfind("train.loss-", 0), 0u) << file;
+  EXPECT_NE(file, lmtune::score_file(dir_, "train", "loss", {{"weights", "b"}}));
+  EXPECT_FALSE(lmtune::read_scores(file, 3).has_value());
+  const std::vector<double> scores = {2.5, -0.125, 1e-300};
+  lmtune::write_scores(file, scores);
+  auto read = lmtune::read_scores(file, 3);
+  ASSERT_TRUE(read.has_value());
+  EXPECT_EQ(*read, scores);
+  EXPECT_FALSE(lmtune::read_scores(file, 4).has_value());  // another number of windows
+}
+
 TEST_F(DataTest, DamagedOrIncompleteCacheIsRebuilt) {
   fs::path cache = prepare("t.txt", "hello\n\nworld\n").report.cache_dir;
   fs::resize_file(cache / "train.tokens", 5);
@@ -487,6 +513,145 @@ TEST_F(BatcherTest, SetPositionContinuesWithTheSameBatches) {
   EXPECT_EQ(take(resumed, 12), expected);
   EXPECT_THROW(resumed.set_position({0, 26}), lmtune::Error);
   EXPECT_THROW(resumed.set_position({-1, 0}), lmtune::Error);
+}
+
+TEST_F(BatcherTest, SequentialTakesWindowsInFileOrderEveryEpoch) {
+  TokenSplit train = split(7);
+  Batcher batcher(train, /*batch_size=*/2, /*seed=*/3, lmtune::DataOrder::kSequential);
+  EXPECT_EQ(take(batcher, 6), (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5}));
+}
+
+TEST_F(DataTest, WindowDocumentLengthsAreTheLongestDocumentWithATargetInEachWindow) {
+  config_.seq_len = 4;
+  // Stream: <eos> abcdefghij <eos> k <eos> l <eos> <pad>, 17 tokens in 4 windows of targets
+  // 1-4, 5-8, 9-12 and 13-16: the first three hold the 11-token document (with its end-of-text).
+  auto data = prepare("t.txt", "abcdefghij\n\nk\n\nl\n");
+  ASSERT_EQ(data.train.num_windows(), 4);
+  EXPECT_EQ(data.train.window_document_lengths(kEos), (std::vector<int64_t>{11, 11, 11, 2}));
+}
+
+class CurriculumTest : public DataTest {
+ protected:
+  // Documents of 1 to 24 characters in a scrambled file order, each padded into its own windows of
+  // 4 targets, ranked by length.
+  void SetUp() override {
+    DataTest::SetUp();
+    config_.seq_len = 4;
+    config_.packing = lmtune::Packing::kPad;
+    std::string text;
+    for (int i = 0; i < 24; ++i) text += std::string(1 + (i * 7) % 24, 'a' + i % 26) + "\n\n";
+    prepared_ = prepare("t.txt", text);
+    lengths_ = prepared_.train.window_document_lengths(kEos);
+    scores_.assign(lengths_.begin(), lengths_.end());
+  }
+
+  lmtune::Curriculum curriculum(double start_fraction, int64_t pace_steps,
+                                int64_t batches_per_step = 1) const {
+    return {lmtune::rank_easiest_first(scores_), start_fraction, pace_steps, batches_per_step};
+  }
+  Batcher batcher(uint64_t seed, const lmtune::Curriculum& curriculum, int64_t batch_size = 4) {
+    return Batcher(prepared_.train, batch_size, seed, lmtune::DataOrder::kCurriculum, curriculum);
+  }
+  // The windows of the next `batches` micro-batches.
+  static std::vector<std::vector<int64_t>> draw(Batcher& batcher, int batches) {
+    std::vector<std::vector<int64_t>> drawn;
+    for (int i = 0; i < batches; ++i) {
+      drawn.push_back(batcher.peek());
+      batcher.next();
+    }
+    return drawn;
+  }
+
+  PreparedData prepared_;
+  std::vector<int64_t> lengths_;  // per window
+  std::vector<double> scores_;    // the same, as curriculum scores
+};
+
+TEST_F(CurriculumTest, RankingByLengthPutsTheShortestDocumentsFirst) {
+  auto ranked = lmtune::rank_easiest_first(scores_);
+  ASSERT_EQ(ranked.size(), lengths_.size());
+  EXPECT_EQ(std::set<int64_t>(ranked.begin(), ranked.end()).size(), ranked.size());
+  for (std::size_t i = 1; i < ranked.size(); ++i)
+    EXPECT_LE(lengths_[ranked[i - 1]], lengths_[ranked[i]]);
+  EXPECT_EQ(lengths_[ranked.front()], 2);  // one character and its end-of-text
+  EXPECT_EQ(lengths_[ranked.back()], 25);
+}
+
+TEST_F(CurriculumTest, FirstBatchesComeFromTheShortestDocuments) {
+  const int64_t n = prepared_.train.num_windows();
+  // All ten micro-batches below belong to step 0, so the same windows stay available.
+  auto cur = curriculum(/*start_fraction=*/0.25, /*pace_steps=*/1000, /*batches_per_step=*/10);
+  auto sorted = lengths_;
+  std::sort(sorted.begin(), sorted.end());
+  const int64_t open = (n + 3) / 4;  // ceil(n / 4) windows at step 0
+  Batcher b = batcher(/*seed=*/5, cur);
+  EXPECT_EQ(b.available_windows(), open);
+  std::set<int64_t> seen;
+  for (const auto& batch : draw(b, 10)) {
+    EXPECT_EQ(std::set<int64_t>(batch.begin(), batch.end()).size(), batch.size());
+    for (int64_t w : batch) {
+      EXPECT_LE(lengths_[w], sorted[open - 1]) << "window " << w;
+      seen.insert(w);
+    }
+  }
+  // Shuffled within what is available, not the same few windows.
+  EXPECT_GT(seen.size(), static_cast<std::size_t>(open / 2));
+  // A plain shuffle draws longer documents at once.
+  Batcher shuffled(prepared_.train, 4, 5);
+  int64_t longest = 0;
+  for (int i = 0; i < 10; ++i) {
+    for (int64_t w : shuffled.peek()) longest = std::max(longest, lengths_[w]);
+    shuffled.next();
+  }
+  EXPECT_GT(longest, sorted[open - 1]);
+}
+
+TEST_F(CurriculumTest, AvailableFractionGrowsAsSpecified) {
+  const int64_t n = prepared_.train.num_windows();
+  // Two micro-batches per optimizer step: the available windows change every other batch.
+  auto cur = curriculum(/*start_fraction=*/0.2, /*pace_steps=*/10, /*batches_per_step=*/2);
+  std::vector<int64_t> rank_of(static_cast<std::size_t>(n));
+  for (int64_t r = 0; r < n; ++r) rank_of[cur.ranked[r]] = r;
+  Batcher b = batcher(/*seed=*/9, cur, /*batch_size=*/3);
+  for (int64_t step = 0; step < 14; ++step) {
+    const double fraction = step < 10 ? 0.2 + (1 - 0.2) * static_cast<double>(step) / 10 : 1.0;
+    const auto expected =
+        std::max<int64_t>(3, static_cast<int64_t>(std::ceil(static_cast<double>(n) * fraction)));
+    for (int micro = 0; micro < 2; ++micro) {
+      EXPECT_EQ(b.available_windows(), std::min(expected, n)) << "step " << step;
+      for (int64_t w : b.peek()) EXPECT_LT(rank_of[w], expected) << "step " << step;
+      b.next();
+    }
+  }
+  EXPECT_EQ(b.available_windows(), n);
+}
+
+TEST_F(CurriculumTest, AfterThePaceEpochsAreShuffledPermutations) {
+  const int64_t n = prepared_.train.num_windows();
+  Batcher b = batcher(/*seed=*/2, curriculum(0.5, /*pace_steps=*/3), /*batch_size=*/1);
+  draw(b, 3);
+  EXPECT_EQ(b.available_windows(), n);
+  std::set<int64_t> rest;
+  for (const auto& batch : draw(b, static_cast<int>(n) - 3)) rest.insert(batch[0]);
+  EXPECT_EQ(static_cast<int64_t>(rest.size()), n - 3);  // the rest of epoch 0, no repeats
+}
+
+TEST_F(CurriculumTest, OrderIsFixedBySeedAndResumesExactly) {
+  auto cur = curriculum(/*start_fraction=*/0.3, /*pace_steps=*/8);
+  Batcher first = batcher(/*seed=*/11, cur);
+  Batcher second = batcher(/*seed=*/11, cur);
+  Batcher other = batcher(/*seed=*/12, cur);
+  auto expected = draw(first, 12);
+  EXPECT_EQ(draw(second, 12), expected);
+  EXPECT_NE(draw(other, 12), expected);
+
+  Batcher reference = batcher(/*seed=*/11, cur);
+  draw(reference, 5);
+  BatchPosition saved = reference.position();
+  Batcher resumed = batcher(/*seed=*/11, cur);
+  resumed.set_position(saved);
+  EXPECT_EQ(draw(resumed, 7),
+            std::vector<std::vector<int64_t>>(expected.begin() + 5, expected.end()));
 }
 
 TEST_F(BatcherTest, TooFewWindowsForABatchIsAnError) {

@@ -85,6 +85,12 @@ json tokenizer_key(const Tokenizer& tokenizer) {
           {"probe", probe.hex()}};
 }
 
+// data.order and the curriculum keys decide the order windows are drawn in, not the tokens, so a
+// run that changes only them reuses the cache.
+bool orders_windows(const std::string& name) {
+  return name == "order" || name.rfind("curriculum_", 0) == 0;
+}
+
 // The data options as JSON, except the paths (their files are keyed by content). Visiting the
 // config rather than listing keys means a new option is part of the key from the day it is added.
 struct OptionsKey {
@@ -92,7 +98,7 @@ struct OptionsKey {
 
   template <class T>
   void operator()(T& value, const Field& field) {
-    if (field.is_path()) return;
+    if (field.is_path() || orders_windows(field.name())) return;
     if constexpr (IsConfigEnum<T>::value)
       options[field.name()] = std::string(enum_name(value));
     else
@@ -197,6 +203,41 @@ void write_synced(const fs::path& path, const std::string& text) {
     ::close(fd);
     throw;
   }
+}
+
+fs::path score_file(const fs::path& dir, const std::string& split, const std::string& score,
+                    const json& what) {
+  return dir / (split + "." + score + "-" + Hash64().update(what.dump()).hex() + ".f64");
+}
+
+std::optional<std::vector<double>> read_scores(const fs::path& path, int64_t windows) {
+  std::error_code error;
+  const auto size = fs::file_size(path, error);
+  if (error || size != static_cast<uintmax_t>(windows) * 8) return std::nullopt;
+  std::ifstream in(path, std::ios::binary);
+  std::vector<uint8_t> bytes(size);
+  if (!in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size)))
+    return std::nullopt;
+  std::vector<double> scores(static_cast<std::size_t>(windows));
+  for (std::size_t i = 0; i < scores.size(); ++i) {
+    uint64_t word = 0;
+    for (int b = 0; b < 8; ++b) word |= static_cast<uint64_t>(bytes[8 * i + b]) << (8 * b);
+    std::memcpy(&scores[i], &word, 8);
+  }
+  return scores;
+}
+
+void write_scores(const fs::path& path, const std::vector<double>& scores) {
+  std::string bytes(8 * scores.size(), '\0');
+  for (std::size_t i = 0; i < scores.size(); ++i) {
+    uint64_t word = 0;
+    std::memcpy(&word, &scores[i], 8);
+    for (int b = 0; b < 8; ++b) bytes[8 * i + b] = static_cast<char>((word >> (8 * b)) & 0xff);
+  }
+  fs::path temporary = path;
+  temporary += ".tmp-" + std::to_string(::getpid());
+  write_synced(temporary, bytes);
+  fs::rename(temporary, path);
 }
 
 namespace {

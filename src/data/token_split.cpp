@@ -1,4 +1,5 @@
 // TokenSplit: the windows of one split of the token cache, read from memory-mapped files.
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -34,6 +35,26 @@ TokenSplit::TokenSplit(const fs::path& tokens_file, const fs::path& mask_file, i
                          " mask bytes do not make windows of " + std::to_string(seq_len + 1) +
                          " tokens");
   num_windows_ = (length - 1) / seq_len;
+}
+
+std::vector<int64_t> TokenSplit::window_document_lengths(int64_t eos_id) const {
+  std::vector<int64_t> lengths(static_cast<std::size_t>(num_windows_), 0);
+  const int64_t length = static_cast<int64_t>(mask_->size());
+  const auto eos = static_cast<uint32_t>(eos_id);
+  // Token t (t >= 1) is the target of window (t - 1) / seq_len; token 0 is the leading end-of-text.
+  auto close_document = [&](int64_t first, int64_t last) {
+    const int64_t tokens = last - first + 1;
+    for (int64_t w = (first - 1) / seq_len_; w <= (last - 1) / seq_len_; ++w)
+      lengths[w] = std::max(lengths[w], tokens);
+  };
+  int64_t first = 1;
+  for (int64_t t = 1; t < length; ++t) {
+    if (read_u32_le(tokens_->bytes() + 4 * t) != eos) continue;
+    close_document(first, t);
+    first = t + 1;
+  }
+  if (first < length) close_document(first, length - 1);
+  return lengths;
 }
 
 Batch TokenSplit::batch(const std::vector<int64_t>& windows) const {

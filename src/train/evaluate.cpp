@@ -73,6 +73,22 @@ int64_t resolve_loss_chunk_tokens(const TrainConfig& train, int64_t seq_len, int
   return train.loss_chunk_tokens;
 }
 
+std::vector<double> window_losses(const CausalLM& model, const TokenSplit& split,
+                                  torch::Device device) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = model->is_training();
+  model->eval();
+  std::vector<double> losses(static_cast<std::size_t>(split.num_windows()), 0.0);
+  for (int64_t w = 0; w < split.num_windows(); ++w) {
+    Batch batch = split.batch({w});
+    if (batch.target_tokens == 0) continue;
+    const double sum = summed_token_loss(model, batch, Precision::kFp32, device).item<double>();
+    losses[w] = sum / static_cast<double>(batch.target_tokens);
+  }
+  model->train(was_training);
+  return losses;
+}
+
 EvalResult evaluate(const CausalLM& model, const TokenSplit& split, int64_t batch_size,
                     int64_t max_batches, Precision precision, torch::Device device,
                     int64_t loss_chunk_tokens, Distributed* group) {

@@ -1,11 +1,18 @@
 #include "lmtune/train/setup.h"
 
+#include <chrono>
+
+#include <spdlog/spdlog.h>
+
 #include "lmtune/core/errors.h"
+#include "lmtune/core/hash.h"
 #include "lmtune/core/host_allocator.h"
 #include "lmtune/core/runtime.h"
+#include "lmtune/data/token_cache.h"
 #include "lmtune/io/tokenizer_vocabulary.h"
 #include "lmtune/model/gpt2.h"
 #include "lmtune/model/model_factory.h"
+#include "lmtune/train/evaluate.h"
 
 namespace lmtune {
 namespace fs = std::filesystem;
@@ -149,6 +156,45 @@ BuiltModel build_model(const Config& config, const Tokenizer& tokenizer, torch::
   model->set_vocab_padding(config.train.vocab_padding);
   model->to(device);
   return built;
+}
+
+namespace {
+
+// Every parameter and buffer of `model` (name, dtype, shape and bytes): what its losses depend on.
+std::string weights_fingerprint(const CausalLM& model) {
+  Hash64 hash;
+  auto add = [&](const std::string& name, const torch::Tensor& tensor) {
+    auto host = tensor.detach().to(torch::kCPU).contiguous();
+    hash.update(name).update(std::string(c10::toString(host.scalar_type())));
+    for (int64_t size : host.sizes()) hash.update_int(static_cast<uint64_t>(size));
+    hash.update(std::string_view(static_cast<const char*>(host.data_ptr()), host.nbytes()));
+  };
+  for (const auto& item : model->named_parameters()) add(item.key(), item.value());
+  for (const auto& item : model->named_buffers()) add(item.key(), item.value());
+  return hash.hex();
+}
+
+}  // namespace
+
+std::vector<double> curriculum_loss_scores(const CausalLM& model, const PreparedData& data,
+                                           torch::Device device) {
+  const fs::path file =
+      score_file(data.report.cache_dir, "train", "loss",
+                 {{"weights", weights_fingerprint(model)}, {"precision", "fp32"}});
+  const int64_t windows = data.train.num_windows();
+  if (auto scores = read_scores(file, windows)) {
+    spdlog::info("curriculum: reusing the starting model's losses of {} windows in {}", windows,
+                 file.string());
+    return *scores;
+  }
+  spdlog::info("curriculum: scoring {} training windows with the starting model ...", windows);
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<double> scores = window_losses(model, data.train, device);
+  write_scores(file, scores);
+  spdlog::info("curriculum: scored {} windows in {:.1f} s into {}", windows,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+               file.string());
+  return scores;
 }
 
 }  // namespace lmtune

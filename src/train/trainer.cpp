@@ -204,11 +204,9 @@ void Trainer::setup() {
             std::to_string(config_.train.micro_batch_size) +
             (group_ ? " on each of " + std::to_string(world_size()) + " ranks" : std::string()) +
             "); lower data.seq_len or train.micro_batch_size, or add data");
-  batcher_ =
-      std::make_unique<Batcher>(data_->train, micro, static_cast<uint64_t>(config_.run.seed));
   total_steps_ = config_.train.max_steps;
   if (config_.train.epochs > 0) {
-    int64_t micro_batches = config_.train.epochs * batcher_->batches_per_epoch();
+    int64_t micro_batches = config_.train.epochs * (data_->train.num_windows() / micro);
     total_steps_ = std::max<int64_t>(1, micro_batches / config_.train.grad_accum_steps);
     progress_->message("train.epochs=" + std::to_string(config_.train.epochs) + " makes " +
                        std::to_string(total_steps_) + " optimizer steps");
@@ -219,6 +217,8 @@ void Trainer::setup() {
         "{:.3g} at the last step and never reaches train.lr ({:g})",
         config_.train.warmup_steps, total_steps_, learning_rate(config_.train, total_steps_ - 1),
         config_.train.lr));
+
+  make_batcher(micro);
 
   model_->train();
   optimizer_ = std::make_unique<AdamW>(
@@ -463,6 +463,47 @@ void Trainer::check_nonfinite_streak() const {
       config_.train.max_nonfinite_steps));
 }
 
+void Trainer::make_batcher(int64_t micro) {
+  const auto seed = static_cast<uint64_t>(config_.run.seed);
+  const DataConfig& data = config_.data;
+  if (data.order != DataOrder::kCurriculum) {
+    batcher_ = std::make_unique<Batcher>(data_->train, micro, seed, data.order);
+    return;
+  }
+  Curriculum curriculum;
+  curriculum.ranked = rank_easiest_first(curriculum_scores());
+  curriculum.start_fraction = data.curriculum_start_fraction;
+  curriculum.pace_steps =
+      data.curriculum_pace_steps > 0 ? data.curriculum_pace_steps : total_steps_;
+  curriculum.batches_per_step = config_.train.grad_accum_steps;
+  batcher_ = std::make_unique<Batcher>(data_->train, micro, seed, data.order, curriculum);
+  progress_->message(fmt::format(
+      "data.order: curriculum: {} windows ranked by {}; the easiest {:.0f}% are available at step "
+      "0, all of them from step {}",
+      data_->train.num_windows(),
+      data.curriculum_score == CurriculumScore::kLength ? "document length" : "the starting loss",
+      100 * curriculum.start_fraction, curriculum.pace_steps));
+}
+
+std::vector<double> Trainer::curriculum_scores() const {
+  if (config_.data.curriculum_score == CurriculumScore::kLoss) {
+    std::vector<double> scores = curriculum_loss_scores(model_, *data_, device_);
+    if (!group_) return scores;
+    // Ranks could differ in the last bits of a loss and so in the ranking: rank 0's scores rule.
+    auto shared = torch::tensor(scores, torch::TensorOptions().dtype(torch::kFloat64)).to(device_);
+    group_->broadcast_from_main(shared, "agreeing on the curriculum's loss scores");
+    auto host = shared.cpu();
+    return {host.data_ptr<double>(), host.data_ptr<double>() + host.numel()};
+  }
+  auto eos = tokenizer_->eos_id();
+  if (!eos)
+    throw ConfigError(
+        {"data.curriculum_score: length needs a tokenizer with an end-of-text "
+         "token to tell documents apart; use curriculum_score: loss"});
+  std::vector<int64_t> lengths = data_->train.window_document_lengths(*eos);
+  return {lengths.begin(), lengths.end()};
+}
+
 TrainingStep::Result Trainer::train_step(double lr) {
   std::vector<Batch> batches;
   int64_t step_targets = 0;  // of the whole step, on every rank
@@ -530,6 +571,8 @@ void Trainer::log_step(int64_t step, const TrainingStep::Result& result, double 
     interval_terms_.zero_();
   }
   if (step <= rerun_until_) record["rerun"] = true;
+  if (config_.data.order == DataOrder::kCurriculum)
+    record["curriculum_windows"] = batcher_->available_windows();
   if (group_) {
     record["comm_wait_s"] = comm_wait_s_ / static_cast<double>(std::max<int64_t>(steps, 1));
     comm_wait_s_ = 0;
@@ -557,6 +600,8 @@ std::optional<EvalResult> Trainer::evaluate_and_log(int64_t step) {
                            {"eval_perplexity", result.perplexity},
                            {"peak_memory_mb", peak_mb}};
   if (step <= rerun_until_) record["rerun"] = true;
+  if (config_.data.order == DataOrder::kCurriculum)
+    record["curriculum_windows"] = batcher_->available_windows();
   write_record(record);
   kill_here_if_testing("eval", step);
   progress_->message(fmt::format(

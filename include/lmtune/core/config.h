@@ -145,6 +145,21 @@ struct EnumNames<TxtDocuments> {
       {{TxtDocuments::kBlankLines, "blank_lines"}, {TxtDocuments::kFile, "file"}}};
 };
 
+enum class DataOrder { kShuffle, kSequential, kCurriculum };
+template <>
+struct EnumNames<DataOrder> {
+  static constexpr EnumTable<DataOrder, 3> kTable{{{DataOrder::kShuffle, "shuffle"},
+                                                   {DataOrder::kSequential, "sequential"},
+                                                   {DataOrder::kCurriculum, "curriculum"}}};
+};
+
+enum class CurriculumScore { kLength, kLoss };
+template <>
+struct EnumNames<CurriculumScore> {
+  static constexpr EnumTable<CurriculumScore, 2> kTable{
+      {{CurriculumScore::kLength, "length"}, {CurriculumScore::kLoss, "loss"}}};
+};
+
 struct DataConfig {
   std::string train;            // training data: a .txt or .jsonl file, or a directory of them
   std::string validation;       // validation data; empty = split off validation_split of train
@@ -163,6 +178,10 @@ struct DataConfig {
   bool dedupe = true;           // drop exact duplicate documents
   bool skip_bad_lines = false;  // skip invalid .jsonl lines (counted) instead of failing
   std::string cache_dir;        // token cache; empty = the machine's cache (see default_cache_root)
+  DataOrder order = DataOrder::kShuffle;  // the order training windows are drawn in
+  CurriculumScore curriculum_score = CurriculumScore::kLength;  // order curriculum: easy to hard by
+  double curriculum_start_fraction = 0.2;  // of the ranked windows available at step 0
+  int64_t curriculum_pace_steps = 0;       // optimizer steps until all are; 0 = the whole run
 
   template <class V>
   void visit(V& v) {
@@ -213,6 +232,26 @@ struct DataConfig {
                        "~/.cache/lmtune/tokens. A cache is reused while the data files, tokenizer "
                        "and these options are unchanged.")
                      .path());
+    v(order, Field("order",
+                   "Order of the training windows: shuffle draws each epoch in a new random order "
+                   "(from run.seed); sequential takes them in file order every epoch; curriculum "
+                   "ranks them easy to hard by curriculum_score and opens the ranked list "
+                   "gradually (docs/data.md)."));
+    v(curriculum_score, Field("curriculum_score",
+                              "order: curriculum: how windows are ranked. length puts windows of "
+                              "the shortest documents first; loss, the windows the starting "
+                              "model predicts best (scored once, kept in the token cache)."));
+    v(curriculum_start_fraction,
+      Field("curriculum_start_fraction",
+            "order: curriculum: the easiest fraction of the windows that batches are drawn from "
+            "at step 0; it grows linearly to all of them over curriculum_pace_steps.")
+          .above(0)
+          .max(1));
+    v(curriculum_pace_steps,
+      Field("curriculum_pace_steps",
+            "order: curriculum: optimizer steps until every window is available; after them "
+            "batches are shuffled epochs as with shuffle. 0 means the whole run.")
+          .min(0));
   }
 };
 

@@ -65,6 +65,9 @@ class TokenSplit {
 
   int64_t num_windows() const { return num_windows_; }
   int64_t seq_len() const { return seq_len_; }
+  // Per window, the length in tokens (end-of-text included) of the longest document with a target
+  // in it; documents are the runs of tokens that end-of-text separates. One pass over the stream.
+  std::vector<int64_t> window_document_lengths(int64_t eos_id) const;
   // The windows with these indices, as one batch.
   Batch batch(const std::vector<int64_t>& windows) const;
 
@@ -98,24 +101,48 @@ struct BatchPosition {
   int64_t index = 0;
 };
 
-// Micro-batches of training windows in an order shuffled by (seed, epoch). The position is two
-// integers, so a resumed run continues at once without replaying earlier batches.
+// data.order: curriculum. The ranked windows and how fast they open up: at optimizer step s the
+// easiest n(s) = max(batch, ceil(N * f(s))) of the N windows are available, where
+// f(s) = start_fraction + (1 - start_fraction) * min(1, s / pace_steps).
+struct Curriculum {
+  std::vector<int64_t> ranked;   // every window index once, easiest first
+  double start_fraction = 1;     // (0, 1]
+  int64_t pace_steps = 0;        // steps until all are available; 0 = all from the start
+  int64_t batches_per_step = 1;  // micro-batches per optimizer step (train.grad_accum_steps)
+};
+
+// The curriculum ranking: window indices sorted by `scores` (lowest, the easiest, first), ties in
+// window order.
+std::vector<int64_t> rank_easiest_first(const std::vector<double>& scores);
+
+// Micro-batches of training windows: shuffled by (seed, epoch), in file order (sequential), or
+// paced by a curriculum. Every batch is a pure function of (seed, position), so data-parallel ranks
+// agree and the position is two integers: a resumed run continues at once without replaying.
 class Batcher {
  public:
-  Batcher(const TokenSplit& split, int64_t batch_size, uint64_t seed);
+  Batcher(const TokenSplit& split, int64_t batch_size, uint64_t seed,
+          DataOrder order = DataOrder::kShuffle, Curriculum curriculum = {});
 
   Batch next();
+  // The window indices of the next micro-batch, without moving.
+  std::vector<int64_t> peek() const;
   BatchPosition position() const { return position_; }
   void set_position(BatchPosition position);
   // Micro-batches per epoch (the last, partial batch of an epoch is dropped).
   int64_t batches_per_epoch() const;
+  // Curriculum: the windows the next micro-batch is drawn from (all of them for other orders).
+  int64_t available_windows() const;
 
  private:
-  void shuffle_for_epoch();
+  void order_epoch();
+  int64_t optimizer_step() const;  // of the next micro-batch, from the position
+  std::vector<int64_t> paced_batch(int64_t available) const;
 
   const TokenSplit& split_;
   int64_t batch_size_;
   uint64_t seed_;
+  DataOrder order_kind_;
+  Curriculum curriculum_;
   BatchPosition position_;
   std::vector<int64_t> order_;  // window indices of the current epoch
 };

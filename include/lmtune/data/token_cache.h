@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -75,6 +76,17 @@ class SplitWriter {
   int64_t length_ = 0;  // tokens in the stream, padding included
   int64_t tokens_ = 0;
 };
+
+// A split's per-window scores computed by `what` (a model's fingerprint, say): "<split>.<score>-"
+// and 16 hex digits of its hash, ".f64". Another model's scores have another name, so a stale
+// file is never read.
+std::filesystem::path score_file(const std::filesystem::path& dir, const std::string& split,
+                                 const std::string& score, const nlohmann::json& what);
+// The `windows` scores (float64 little-endian) in `path`; nullopt when it is absent or has
+// another size.
+std::optional<std::vector<double>> read_scores(const std::filesystem::path& path, int64_t windows);
+// Writes the scores to `path` atomically (a temporary file, fsynced, renamed).
+void write_scores(const std::filesystem::path& path, const std::vector<double>& scores);
 
 // Writes `text` to `path` and fsyncs it.
 void write_synced(const std::filesystem::path& path, const std::string& text);

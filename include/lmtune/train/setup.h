@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "lmtune/core/config.h"
+#include "lmtune/data/dataset.h"
 #include "lmtune/io/tokenizer.h"
 #include "lmtune/model/causal_lm.h"
 #include "lmtune/model/lora.h"
@@ -49,6 +50,13 @@ BuiltModel build_model(const Config& config, const Tokenizer& tokenizer, torch::
 // Throws InputError naming both directories when its tokenizer's vocabulary is not the student's
 // (tokenizer_dir(config)) token for token, or its output vocabulary differs from `student`'s.
 CausalLM build_teacher(const Config& config, const CausalLM& student, torch::Device device);
+
+// data.order: curriculum, curriculum_score: loss: per training window, the mean loss per target
+// token that `model`, the starting model, gives it. Read from the token cache when it holds them
+// for exactly these weights (keyed by a hash of every parameter and buffer), else computed (logged)
+// and stored there beside the tokens.
+std::vector<double> curriculum_loss_scores(const CausalLM& model, const PreparedData& data,
+                                           torch::Device device);
 
 // model.quantize as the model layer names it.
 QuantType quant_type(Quantize quantize);

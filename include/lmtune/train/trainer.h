@@ -77,6 +77,9 @@ class Trainer {
   std::optional<EvalResult> evaluate_and_log(int64_t step);
   void log_samples(int64_t step);
   void log_step(int64_t step, const TrainingStep::Result& result, double lr);
+  // The batcher of data.order; with a curriculum, its ranking and pace (logged).
+  void make_batcher(int64_t micro);
+  std::vector<double> curriculum_scores() const;  // per window, by data.curriculum_score
   void open_tensorboard();
   // One metrics.jsonl record, and its values as TensorBoard scalars at its step.
   void write_record(const nlohmann::json& record);
