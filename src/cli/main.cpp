@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
   cli::add_eval_command(app);
   cli::add_export_command(app);
   cli::add_prepare_command(app);
+  cli::add_sweep_command(app);
   cli::add_tokenize_command(app);
   cli::add_tokenizer_command(app);
 

@@ -828,7 +828,7 @@ Override parse_override(const std::string& text) {
   return {text.substr(0, eq), text.substr(eq + 1)};
 }
 
-json read_config_tree(const fs::path& file) {
+json read_config_tree(const fs::path& file, const char* expected) {
   std::string ext = file.extension().string();
   std::transform(ext.begin(), ext.end(), ext.begin(),
                  [](unsigned char ch) { return std::tolower(ch); });
@@ -838,19 +838,22 @@ json read_config_tree(const fs::path& file) {
   json tree = ext == ".json" ? parse_json(text, file) : parse_yaml(text, file);
   if (tree.is_null()) throw ConfigError({file.string() + ": the config file is empty"});
   if (!tree.is_object())
-    throw ConfigError({file.string() +
-                       ": expected a mapping of sections (run, model, data, ...) at "
-                       "the top level, got " +
-                       describe(tree)});
+    throw ConfigError(
+        {file.string() + ": expected " + expected + " at the top level, got " + describe(tree)});
   return tree;
 }
 
 Config load_config(const fs::path& file, const std::vector<Override>& overrides) {
-  const auto keys = config_keys();
-  json tree = read_config_tree(file);
-  resolve_paths(tree, keys, fs::absolute(file).parent_path());
+  return load_config_tree(read_config_tree(file), fs::absolute(file).parent_path(), file.string(),
+                          overrides);
+}
 
-  Problems problems(file.string());
+Config load_config_tree(json tree, const fs::path& base_dir, const std::string& source,
+                        const std::vector<Override>& overrides) {
+  const auto keys = config_keys();
+  resolve_paths(tree, keys, base_dir);
+
+  Problems problems(source);
   for (const auto& override : overrides) {
     const KeyInfo* key = find_key(keys, override.key);
     bool literal = key && (key->type == "string" || key->type == "path" ||
@@ -874,12 +877,31 @@ Config load_config(const fs::path& file, const std::vector<Override>& overrides)
   config.visit(reader);
   reader.report_unknown_sections();
   if (config.run.output_dir.empty())
-    config.run.output_dir = (fs::current_path() / "runs" / file.stem()).lexically_normal().string();
+    config.run.output_dir =
+        (fs::current_path() / "runs" / fs::path(source).stem()).lexically_normal().string();
   const auto context = known_context_length(config);  // reads the model's config.json once
   check_cross_key_rules(config, context, problems);
   problems.throw_if_any();
   resolve_seq_len(config, context);
   return config;
+}
+
+std::string describe_value(const json& value) {
+  return describe(value);
+}
+
+std::optional<std::string> closest_name(const std::string& name,
+                                        const std::vector<std::string>& candidates) {
+  return closest(name, candidates);
+}
+
+std::string unknown_config_key_message(const std::string& dotted_name) {
+  const std::string section = dotted_name.substr(0, dotted_name.find('.'));
+  std::vector<std::string> siblings;
+  for (const auto& info : config_keys())
+    if (info.path.rfind(section + ".", 0) == 0)
+      siblings.push_back(info.path.substr(section.size() + 1));
+  return unknown_key_message(dotted_name, siblings);
 }
 
 json config_to_json(const Config& config) {

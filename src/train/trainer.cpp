@@ -704,6 +704,11 @@ TrainSummary Trainer::train() {
     const int64_t every = config_.eval.every_steps;
     if (every > 0 && state_.step % every == 0 && !last) {
       eval = evaluate_and_log(state_.step);
+      if (eval && judge_ && judge_(state_.step, eval->loss)) {
+        summary.pruned = true;
+        summary.last_eval = eval;
+        break;
+      }
       stop_early = eval && patience_exhausted(*eval);
       if (stop_early && state_.step % config_.logging.every_steps != 0)
         log_step(state_.step, result, lr);
@@ -719,6 +724,13 @@ TrainSummary Trainer::train() {
   summary.stopped_early = stop_early;
   summary.steps = state_.step;
   summary.train_loss = last_logged_loss_;
+  if (summary.pruned) {
+    summary.seconds = elapsed_before_ + seconds_since(start_time_);
+    summary.peak_memory_mb = peak_memory_mb(device_);
+    progress_->message(
+        fmt::format("pruned at step {}: the run stops here, without a final model", state_.step));
+    return summary;
+  }
   summary.last_eval = stop_early && eval ? eval : evaluate_and_log(state_.step);
   if (saved_step_ != state_.step) save_checkpoint_now(summary.last_eval);
   if (main_rank()) save_final();

@@ -143,7 +143,14 @@ def yaml_config_keys(text):
 
     for language, lines in split_markdown(text)[0]:
         if language in ("yaml", "yml"):
-            walk("", yaml.safe_load("\n".join(lines)))
+            tree = yaml.safe_load("\n".join(lines))
+            if isinstance(tree, dict) and "space" in tree and "trials" in tree:
+                # A sweep file (docs/sweeps.md): its searched keys and an inline base are config's.
+                keys.extend(tree["space"])
+                if isinstance(tree.get("base"), dict):
+                    walk("", tree["base"])
+            else:
+                walk("", tree)
     return keys
 
 

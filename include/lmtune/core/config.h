@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -565,13 +566,31 @@ struct Override {
 Override parse_override(const std::string& text);
 
 // Reads a .json, .yaml or .yml file into a JSON tree. Throws ConfigError naming the file, line and
-// column of a syntax error, InputError when the file cannot be read.
-nlohmann::json read_config_tree(const std::filesystem::path& file);
+// column of a syntax error, or a top level that is not a mapping (`expected` says of what),
+// InputError when the file cannot be read.
+nlohmann::json read_config_tree(
+    const std::filesystem::path& file,
+    const char* expected = "a mapping of sections (run, model, data, ...)");
 
 // Loads, overrides and validates a config. Relative paths in the file are resolved against the
 // file's directory, relative paths given with --set against the working directory. Throws a
 // ConfigError listing every problem found.
 Config load_config(const std::filesystem::path& file, const std::vector<Override>& overrides = {});
+
+// As load_config, for a config tree already read (a sweep's base and its trials): relative paths
+// resolve against `base_dir`, and messages name `source`.
+Config load_config_tree(nlohmann::json tree, const std::filesystem::path& base_dir,
+                        const std::string& source, const std::vector<Override>& overrides = {});
+
+// For readers of other user files (the sweep file) that report problems as the config does: a
+// value as messages describe it ("number 3", "a list"), and the closest of `candidates` to a
+// misspelt `name`, if it is close enough to be a plausible typo.
+std::string describe_value(const nlohmann::json& value);
+std::optional<std::string> closest_name(const std::string& name,
+                                        const std::vector<std::string>& candidates);
+// "unknown key; did you mean 'train.lr'?" for a dotted name that is no config key, as the config
+// itself reports one (typos, names from other trainers, a key of another section).
+std::string unknown_config_key_message(const std::string& dotted_name);
 
 // The resolved config with every default filled in.
 nlohmann::json config_to_json(const Config& config);

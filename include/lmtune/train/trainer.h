@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -27,6 +28,7 @@ namespace lmtune {
 struct TrainSummary {
   int64_t steps = 0;
   bool stopped_early = false;
+  bool pruned = false;                   // stopped by the evaluation judge (a sweep's pruning)
   double train_loss = 0;                 // mean over the last logging interval
   std::optional<EvalResult> first_eval;  // before the first step
   std::optional<EvalResult> last_eval;   // after the last step
@@ -47,6 +49,13 @@ class Trainer {
   // Trains to the last step. Throws Interrupted (exit 130) after saving a checkpoint when
   // SIGINT/SIGTERM arrives.
   TrainSummary train();
+
+  // Called after each evaluation during training (not the one before the first step, nor the one
+  // after the last); when it returns true the run stops there, as a sweep prunes a trial: nothing
+  // more is saved, no final model is written, and train() returns with `pruned` set.
+  void judge_evaluations(std::function<bool(int64_t step, double eval_loss)> judge) {
+    judge_ = std::move(judge);
+  }
 
   // The fp16 loss scaler (nullptr for bf16 and fp32); its state belongs in a checkpoint.
   LossScaler* loss_scaler() { return scaler_.get(); }
@@ -87,6 +96,7 @@ class Trainer {
 
   Config config_;
   std::optional<std::filesystem::path> resume_from_;
+  std::function<bool(int64_t, double)> judge_;
   // run.output_dir's lock, held from setup to the end (declared first, so released last).
   std::optional<FileLock> run_lock_;
   torch::Device device_{torch::kCPU};
