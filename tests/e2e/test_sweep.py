@@ -225,3 +225,22 @@ def test_bad_sweeps_get_one_clear_line(lmtune, tmp_path, task):
     more = summary_line(lmtune("sweep", tmp_path / "c.json", "--resume"))
     assert more["trials"] == 2 and len(trials(out)) == 2
     assert math.isfinite(trials(out)[1]["eval_loss"])
+
+
+def test_a_signal_stops_the_trial_with_a_checkpoint_and_says_how_to_resume(tmp_path, task):
+    root, model = task
+    sweep = write_sweep(tmp_path / "s.json", base_config(root, model, max_steps=5000),
+                        tmp_path / "out", 2)
+    process = subprocess.Popen([LMTUNE, "sweep", str(sweep)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if "step 20/5000" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 130, rest
+    assert f"sweep interrupted in trial 1 (its checkpoint is in {tmp_path / 'out' / 'trial-0001'})" \
+           f"; continue with lmtune sweep {sweep} --resume" in rest
+    record, = trials(tmp_path / "out")
+    assert record["state"] == "running"
+    assert list((tmp_path / "out" / "trial-0001" / "checkpoints").glob("step-*/COMPLETE"))
