@@ -49,13 +49,15 @@ class MetaDeviceScope {
   c10::impl::ExcludeDispatchKeyGuard exclude_;
 };
 
+// A pretrained model's architecture from its config.json, built on the meta device.
+CausalLM meta_model(const fs::path& dir) {
+  const json hf = read_hf_config(dir);
+  MetaDeviceScope meta;
+  return make_causal_lm(hf, (dir / "config.json").string());
+}
+
 CausalLM meta_model(const Config& config) {
-  if (config.model.init == ModelInit::kPretrained) {
-    const fs::path dir = config.model.path;
-    const json hf = read_hf_config(dir);
-    MetaDeviceScope meta;
-    return make_causal_lm(hf, (dir / "config.json").string());
-  }
+  if (config.model.init == ModelInit::kPretrained) return meta_model(fs::path(config.model.path));
   GPT2Config shape;  // model.init: random, the shape build_model (lmtune/train/setup.h) gives it
   shape.n_layer = config.model.n_layer;
   shape.n_head = config.model.n_head;
@@ -365,6 +367,19 @@ LossBytes loss_bytes(const ModelCensus& census, const ElementBytes& e, Precision
   const double C = static_cast<double>(census.hidden_size);
   const double head_gradient = census.output_trainable ? 4.0 * V * C : 0.0;
   LossBytes loss;
+  if (census.teacher_parameters > 0) {
+    // Distillation (lmtune/model/distill_loss.h) replaces the loss, always chunked: the student's
+    // final hidden states are saved; a chunk's forward holds both models' fp32 logits and their
+    // log-softmaxes and the teacher's probabilities (20 bytes per logit); backward recomputes a
+    // chunk with gradients: those, the difference of the log-softmaxes and the gradient flowing
+    // back (28 bytes per logit; 2487 MB predicted against 2410 measured, docs/memory.md), and
+    // fills the hidden states' fp32 gradient.
+    const double chunk = V * static_cast<double>(std::min(chunk_tokens, tokens));
+    loss.head_input = e.low * C * N;
+    loss.forward = loss.head_input + 20.0 * chunk;
+    loss.backward = loss.head_input + 4.0 * C * N + head_gradient + 28.0 * chunk;
+    return loss;
+  }
   if (chunk_tokens == 0) {
     // Logits (B, T, V) in the compute dtype, their fp32 copy and the log-softmax: 8 bytes per
     // logit in fp32, 10 under autocast; backward adds the log-softmax's gradient and the
@@ -402,13 +417,14 @@ enum PartKey {
   kAllocatorSlack,
   kLoading,
   kCheckpointFile,
+  kTeacher,
   kPartCount
 };
 
 constexpr const char* kPartKeys[kPartCount] = {
     "runtime",     "weights",         "adapters", "gradients",           "optimizer",
     "activations", "autocast_copies", "loss",     "backward_transients", "allocator_slack",
-    "loading",     "checkpoint_file"};
+    "loading",     "checkpoint_file", "teacher"};
 
 // lmtune's host cache (lmtune/core/host_allocator.h) holds at most a tenth more than the peak of
 // the bytes in use: freed blocks stay mapped for reuse. Measured, 1.4% to 10% over the live peak.
@@ -424,6 +440,7 @@ double sum(const std::vector<double>& bytes) {
 void add_slack(Moment& moment, double slack) {
   double tensors = 0;
   for (int key = kWeights; key <= kBackwardTransients; ++key) tensors += moment.bytes[key];
+  tensors += moment.bytes[kTeacher];
   moment.bytes[kAllocatorSlack] = slack * tensors;
 }
 
@@ -446,7 +463,8 @@ struct StepBytes {
   double copies = 0;         // autocast's weight copies kept for backward
   double cast_cache = 0;     // and its bf16 cast cache, during forward (CPU emulation)
   double gradients = 0;
-  double embedding_sum = 0;  // the tied embedding's second gradient and their sum
+  double embedding_sum = 0;   // the tied embedding's second gradient and their sum
+  double teacher_hidden = 0;  // the teacher's final hidden states, kept for the micro-step
   LossBytes loss;
 };
 
@@ -477,7 +495,11 @@ StepBytes step_bytes(const Config& config, const ModelCensus& census, const Devi
     step.copies = (e.low == 2 ? 2.0 : 4.0) * dense;
     if (e.low != 2) step.cast_cache = 2.0 * dense;
   }
-  step.loss = loss_bytes(census, e, train.precision, tokens, loss_chunk_tokens);
+  step.loss =
+      loss_bytes(census, e, train.precision, tokens,
+                 census.teacher_parameters > 0 && loss_chunk_tokens == 0 ? train.loss_chunk_tokens
+                                                                         : loss_chunk_tokens);
+  step.teacher_hidden = e.low * static_cast<double>(census.teacher_hidden_size) * N;
   step.gradients = 4.0 * static_cast<double>(census.trainable);
   // The tied embedding's gradient arrives twice, from the output head and the embedding, and the
   // two are summed into a third tensor (the chunked loss hands over the first in place).
@@ -495,6 +517,7 @@ std::vector<double> resident_bytes(const ModelCensus& census, const DeviceMemory
   held[kAdapters] = 4.0 * static_cast<double>(census.adapter_parameters);
   held[kOptimizer] = 8.0 * static_cast<double>(census.trainable) +
                      4.0 * static_cast<double>(census.trainable_tensors);
+  held[kTeacher] = 4.0 * static_cast<double>(census.teacher_parameters);
   return held;
 }
 
@@ -511,12 +534,15 @@ std::vector<Moment> moments_of(const StepBytes& step, const ModelCensus& census,
     add_slack(m, memory.allocator_slack);
     moments.push_back(std::move(m));
   };
+  const double teacher = 4.0 * static_cast<double>(census.teacher_parameters);
   moment("at the end of forward", {{kActivations, step.activations},
                                    {kAutocastCopies, step.copies + step.cast_cache},
-                                   {kLoss, step.loss.forward}});
+                                   {kLoss, step.loss.forward},
+                                   {kTeacher, teacher + step.teacher_hidden}});
   moment("at the start of backward", {{kActivations, step.activations},
                                       {kAutocastCopies, step.copies},
-                                      {kLoss, step.loss.backward}});
+                                      {kLoss, step.loss.backward},
+                                      {kTeacher, teacher + step.teacher_hidden}});
   moment("at the end of backward", {{kGradients, step.gradients},
                                     {kActivations, step.backward_tail},
                                     {kBackwardTransients, step.embedding_sum}});
@@ -558,7 +584,9 @@ std::vector<std::string> part_labels(const Config& config, const ModelCensus& ce
       "backward transients (the tied embedding's gradient)",
       fmt::format("allocator slack (host cache, up to {:.0f}%)", 100 * memory.allocator_slack),
       "weight files mapped while loading (and a tensor read)",
-      "checkpoint file mapped for its checksum"};
+      "checkpoint file mapped for its checksum",
+      fmt::format("distillation teacher (fp32, {} parameters, and its final hidden states)",
+                  fmt_millions(census.teacher_parameters))};
 }
 
 // Each part's own size, whenever it exists (the slack: at the step's busiest moment).
@@ -572,6 +600,7 @@ std::vector<double> part_sizes(const StepBytes& step, const ModelCensus& census,
   sizes[kBackwardTransients] = step.embedding_sum;
   sizes[kLoading] = loading_bytes(census);
   sizes[kCheckpointFile] = static_cast<double>(census.checkpoint_file_bytes);
+  sizes[kTeacher] += step.teacher_hidden;
   const std::vector<Moment> moments = moments_of(step, census, memory);
   sizes[kAllocatorSlack] =
       std::max_element(moments.begin(), moments.begin() + 3, by_total)->bytes[kAllocatorSlack];
@@ -616,6 +645,11 @@ ModelCensus census_of(const Config& config, const DeviceMemory& memory) {
   census.file_bytes = weight_file_bytes(config);
   census.checkpoint_file_bytes = checkpoint_file_bytes(config, census);
   count_activations(config, memory, model, census);
+  if (!config.distill.teacher.empty()) {
+    CausalLM teacher = meta_model(fs::path(config.distill.teacher));
+    for (const auto& p : teacher->parameters()) census.teacher_parameters += p.numel();
+    census.teacher_hidden_size = teacher->spec().hidden_size;
+  }
   return census;
 }
 

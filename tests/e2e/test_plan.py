@@ -121,3 +121,17 @@ def test_auto_micro_batch_keeps_the_steps_sequences_and_logs_its_choice(lmtune, 
     assert summary["steps"] == 1
     shown = json.loads(lmtune("config", config).stdout)["train"]["micro_batch_size"]
     assert shown == "auto"
+
+
+def test_the_plan_counts_a_distillation_teacher(lmtune, tmp_path, models):
+    config = write_config(tmp_path, models, "gpt2")
+    teacher = ["--set", f"distill.teacher={models['llama']}"]
+    alone = last_json(lmtune("plan", config))
+    plan = last_json(lmtune("plan", config, *teacher))
+    llama_parameters = sum(p.numel() for p in LlamaForCausalLM.from_pretrained(models["llama"])
+                           .parameters())
+    # The teacher's fp32 weights at least, on top of what the student alone needs.
+    assert plan["parts"]["teacher"] >= 4 * llama_parameters / 2**20
+    assert plan["total_mb"] >= alone["total_mb"] + 4 * llama_parameters / 2**20 - 1
+    measured = last_json(lmtune("train", config, *teacher))["peak_memory_mb"]
+    assert abs(plan["total_mb"] - measured) <= TOLERANCE * measured, (plan["total_mb"], measured)

@@ -65,6 +65,10 @@ struct ModelCensus {
   double outer_bytes_per_token = 0;
   int64_t hidden_size = 0;
   int64_t vocab_size = 0;
+  // With distill.teacher: the frozen teacher's parameters (held in fp32) and the width of its
+  // final hidden states (kept for the micro-batch).
+  int64_t teacher_parameters = 0;
+  int64_t teacher_hidden_size = 0;
 };
 
 // The census of `config`'s model on `memory`'s device. Reads model.path/config.json (and an
