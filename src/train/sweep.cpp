@@ -36,10 +36,6 @@ class SweepProblems {
   void add(const std::string& key, const std::string& message) {
     messages_.push_back(file_ + ": " + key + ": " + message);
   }
-  void add_all(const std::vector<std::string>& messages) {
-    messages_.insert(messages_.end(), messages.begin(), messages.end());
-  }
-  bool empty() const { return messages_.empty(); }
   void throw_if_any() {
     if (!messages_.empty()) throw ConfigError(std::move(messages_));
   }
@@ -49,6 +45,10 @@ class SweepProblems {
   std::vector<std::string> messages_;
 };
 
+std::string join_key(const std::string& where, const std::string& name) {
+  return where.empty() ? name : where + "." + name;
+}
+
 // Reports the keys of `node` (a mapping at `where`) that are not among `known`.
 void reject_unknown(const json& node, const std::string& where,
                     const std::vector<std::string>& known, SweepProblems& problems) {
@@ -56,12 +56,8 @@ void reject_unknown(const json& node, const std::string& where,
     if (std::find(known.begin(), known.end(), name) != known.end()) continue;
     std::string message = "unknown key";
     if (auto guess = closest_name(name, known)) message += "; did you mean '" + *guess + "'?";
-    problems.add(where.empty() ? name : where + "." + name, message);
+    problems.add(join_key(where, name), message);
   }
-}
-
-std::string join_key(const std::string& where, const std::string& name) {
-  return where.empty() ? name : where + "." + name;
 }
 
 std::optional<int64_t> read_int(const json& node, const std::string& where, const char* name,
