@@ -3,55 +3,23 @@
 // and until backward only the blocks' inputs are held.
 #include <gtest/gtest.h>
 
+#include "lever_grads.h"
 #include "lmtune/core/host_allocator.h"
 #include "lmtune/model/activation_checkpoint.h"
 #include "lmtune/model/gpt2.h"
 #include "lmtune/train/evaluate.h"
-#include "tiny_gpt2.h"
 
 using lmtune::GPT2;
 
-namespace {
-
-GPT2 three_block_model(double dropout = 0.1) {
-  TinyShape shape;
-  shape.n_layer = 3;
-  return tiny_gpt2(shape, dropout, /*seed=*/3);
-}
-
-// Gradients of one backward of `model` on a fixed batch, with the random generator at `seed`.
-std::map<std::string, torch::Tensor> backward_grads(GPT2& model, lmtune::Precision precision,
-                                                    uint64_t seed = 11) {
-  torch::manual_seed(seed);
-  auto batch = random_batch(/*vocab=*/50, /*rows=*/2, /*seq=*/12);
-  lmtune::summed_token_loss(model, batch, precision, torch::kCPU).backward();
-  std::map<std::string, torch::Tensor> grads;
-  for (const auto& p : model->named_parameters())
-    if (p.value().grad().defined()) grads[p.key()] = p.value().grad().clone();
-  return grads;
-}
-
-void expect_equal_grads(const std::map<std::string, torch::Tensor>& a,
-                        const std::map<std::string, torch::Tensor>& b, double atol) {
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& [name, grad] : a) {
-    ASSERT_TRUE(b.count(name)) << name;
-    EXPECT_TRUE(torch::allclose(grad, b.at(name), /*rtol=*/0, atol))
-        << name << ": max difference " << (grad - b.at(name)).abs().max().item<double>();
-  }
-}
-
-}  // namespace
-
 TEST(ActivationCheckpoint, GradientsEqualThePlainRunWithDropout) {
-  GPT2 plain = three_block_model(), checkpointed = three_block_model();
+  GPT2 plain = lever_model(), checkpointed = lever_model();
   checkpointed->set_gradient_checkpointing(1);
   auto expected = backward_grads(plain, lmtune::Precision::kFp32);
   expect_equal_grads(backward_grads(checkpointed, lmtune::Precision::kFp32), expected, 1e-6);
 }
 
 TEST(ActivationCheckpoint, EveryOtherBlockAndBf16AutocastMatchThePlainRun) {
-  GPT2 plain = three_block_model(), checkpointed = three_block_model();
+  GPT2 plain = lever_model(), checkpointed = lever_model();
   checkpointed->set_gradient_checkpointing(2);
   auto expected = backward_grads(plain, lmtune::Precision::kBf16);
   expect_equal_grads(backward_grads(checkpointed, lmtune::Precision::kBf16), expected, 1e-5);
@@ -73,14 +41,14 @@ TEST(ActivationCheckpoint, ParametersGetGradientsWhenTheInputNeedsNone) {
 // checkpointing, in evaluation mode or without grad mode nothing is rerun.
 TEST(ActivationCheckpoint, EachCheckpointedBlockIsRecomputedOncePerBackward) {
   auto recomputed = [](int64_t every, bool training, bool grad) {
-    GPT2 model = three_block_model(/*dropout=*/0.0);
+    GPT2 model = lever_model(/*dropout=*/0.0);
     model->set_gradient_checkpointing(every);
     model->train(training);
     torch::AutoGradMode grad_mode(grad);
     const int64_t before = lmtune::activation_recomputations();
     for (int micro = 0; micro < 4; ++micro) {
-      auto loss = lmtune::summed_token_loss(model, random_batch(50, 2, 12),
-                                            lmtune::Precision::kFp32, torch::kCPU);
+      auto loss =
+          lmtune::summed_token_loss(model, lever_batch(), lmtune::Precision::kFp32, torch::kCPU);
       if (grad) loss.backward();
     }
     return lmtune::activation_recomputations() - before;

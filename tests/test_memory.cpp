@@ -2,49 +2,13 @@
 // have files of their own: test_activation_checkpoint.cpp, test_freeze.cpp, test_loss_scaler.cpp.
 #include <gtest/gtest.h>
 
+#include "lever_grads.h"
 #include "lmtune/model/chunked_loss.h"
 #include "lmtune/model/gpt2.h"
 #include "lmtune/train/evaluate.h"
 #include "lmtune/train/precision.h"
-#include "tiny_gpt2.h"
 
 using lmtune::GPT2;
-
-namespace {
-
-GPT2 lever_model(double dropout = 0.1) {
-  TinyShape shape;
-  shape.n_layer = 3;
-  return tiny_gpt2(shape, dropout, /*seed=*/3);
-}
-
-lmtune::Batch tiny_batch() {
-  return random_batch(/*vocab=*/50, /*rows=*/2, /*seq=*/12);
-}
-
-// Gradients of one training step of `model`, with the random generator at `seed`.
-std::map<std::string, torch::Tensor> step_grads(GPT2& model, lmtune::Precision precision,
-                                                int64_t chunk_tokens = 0, uint64_t seed = 11) {
-  torch::manual_seed(seed);
-  auto batch = tiny_batch();
-  lmtune::summed_token_loss(model, batch, precision, torch::kCPU, chunk_tokens).backward();
-  std::map<std::string, torch::Tensor> grads;
-  for (const auto& p : model->named_parameters())
-    if (p.value().grad().defined()) grads[p.key()] = p.value().grad().clone();
-  return grads;
-}
-
-void expect_same_grads(const std::map<std::string, torch::Tensor>& a,
-                       const std::map<std::string, torch::Tensor>& b, double atol) {
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& [name, grad] : a) {
-    ASSERT_TRUE(b.count(name)) << name;
-    EXPECT_TRUE(torch::allclose(grad, b.at(name), /*rtol=*/0, atol))
-        << name << ": max difference " << (grad - b.at(name)).abs().max().item<double>();
-  }
-}
-
-}  // namespace
 
 TEST(ChunkedLoss, LossAndGradientsEqualThePlainPath) {
   torch::manual_seed(0);
@@ -101,15 +65,15 @@ TEST(ChunkedLoss, WithoutGradientsItIsTheForwardAlone) {
 
 TEST(ChunkedLoss, TrainingStepMatchesThePlainLoss) {
   GPT2 plain = lever_model(), chunked = lever_model();
-  auto expected = step_grads(plain, lmtune::Precision::kFp32);
-  expect_same_grads(step_grads(chunked, lmtune::Precision::kFp32, /*chunk_tokens=*/5), expected,
-                    1e-6);
+  auto expected = backward_grads(plain, lmtune::Precision::kFp32);
+  expect_equal_grads(backward_grads(chunked, lmtune::Precision::kFp32, /*loss_chunk_tokens=*/5),
+                     expected, 1e-6);
 }
 
 TEST(ChunkedLoss, Bf16TrainingStepMatchesThePlainBf16Loss) {
   GPT2 plain = lever_model(), chunked = lever_model();
-  auto expected = step_grads(plain, lmtune::Precision::kBf16);
-  auto actual = step_grads(chunked, lmtune::Precision::kBf16, /*chunk_tokens=*/5);
+  auto expected = backward_grads(plain, lmtune::Precision::kBf16);
+  auto actual = backward_grads(chunked, lmtune::Precision::kBf16, /*loss_chunk_tokens=*/5);
   ASSERT_EQ(actual.size(), expected.size());
   // The tied weight's gradient is summed chunk by chunk instead of in one bf16 product:
   // differences of bf16's precision (2^-8 = 0.4%) relative to the gradient's norm.
@@ -134,7 +98,7 @@ TEST(ChunkedLoss, AutoRuleChunksOnlyLargeLogits) {
 
 TEST(Precision, Bf16TrainingStepRunsOnTheCpuCloseToFp32) {
   GPT2 model = lever_model(/*dropout=*/0.0);
-  auto batch = tiny_batch();
+  auto batch = lever_batch();
   auto fp32 = lmtune::summed_token_loss(model, batch, lmtune::Precision::kFp32, torch::kCPU);
   auto bf16 = lmtune::summed_token_loss(model, batch, lmtune::Precision::kBf16, torch::kCPU);
   EXPECT_EQ(bf16.scalar_type(), torch::kFloat32);

@@ -15,6 +15,13 @@ SHARED_DIR = Path(os.environ.get("LMTUNE_SHARED_DIR", SOURCE_DIR.parent / "share
 os.environ["LMTUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmtune-test-cache-")
 
 
+def pytest_configure(config):
+    # tests/CMakeLists.txt reads these marks (a whole file's `pytestmark = pytest.mark.slow`, or a
+    # test's `@pytest.mark.slow` line) into the CTest label `slow`.
+    config.addinivalue_line(
+        "markers", "slow: long training loops, run by scripts/test.sh only with LMTUNE_SLOW_TESTS=1")
+
+
 def run_lmtune(*args, cwd=None, timeout=600, env=None):
     """Runs lmtune with the arguments and `env` added to the environment; returns the completed
     process (text mode)."""

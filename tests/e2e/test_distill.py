@@ -166,6 +166,7 @@ def validation_kl(student, teacher, text):
     return F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).mean().item()
 
 
+@pytest.mark.slow
 def test_a_distilled_student_ends_closer_to_its_teacher_than_one_trained_alone(
         lmtune, tmp_path, student):
     # The teacher: wider, trained for less than an epoch on other text, so that it generalises

@@ -220,6 +220,7 @@ def test_a_dead_or_hung_rank_stops_the_other_with_one_clear_line(tmp_path, tree,
         assert (tmp_path / "run" / "checkpoints" / name / "COMPLETE").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_on_the_same_or_another_number_of_ranks(tmp_path, tree, uninterrupted):
     tree["checkpoint"]["every_steps"] = 1
     config = write_config(tmp_path, tree)
@@ -259,6 +260,7 @@ def test_resuming_with_a_different_sequences_per_micro_step_is_refused(tmp_path,
     assert "set train.micro_batch_size to 4" in line
 
 
+@pytest.mark.slow
 def test_torchrun_restarts_a_failed_worker_group_which_resumes_by_itself(tmp_path, tree, uninterrupted):
     tree["checkpoint"]["every_steps"] = 1
     tree["train"]["max_steps"] = 6
@@ -278,6 +280,7 @@ def test_torchrun_restarts_a_failed_worker_group_which_resumes_by_itself(tmp_pat
     assert_same_training(uninterrupted, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_sigterm_from_torchrun_saves_a_checkpoint_on_rank_0_and_every_rank_exits_130(
         tmp_path, tree, uninterrupted):
     tree["checkpoint"]["every_steps"] = 100  # only the signal saves

@@ -407,6 +407,7 @@ def test_every_config_key_a_doc_names_exists(doc, config_keys):
     assert unknown_config_keys(rel(doc), doc.read_text(encoding="utf-8"), config_keys) == []
 
 
+@pytest.mark.slow
 def test_every_value_the_docs_give_a_key_is_accepted_by_lmtune_config(small_config, resolved,
                                                                       config_keys):
     pairs = set()

@@ -98,6 +98,7 @@ def transformers_greedy(model_dir, prompts, batch_size):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_batches_of_any_size_give_the_greedy_tokens_of_one_prompt_at_a_time(
         probe_greedy, prompt_ids, arch):
@@ -129,6 +130,7 @@ def completions(model_dir, prompts_file, *args):
 
 @pytest.mark.parametrize("sampling", [["--temperature", "0"],
                                       ["--temperature", "0.8", "--top-k", "50", "--seed", "7"]])
+@pytest.mark.slow
 def test_prompts_file_prints_each_batch_in_order_as_single_prompts_print(
         tmp_path, models, prompt_texts, sampling):
     prompts_file = tmp_path / "prompts.jsonl"

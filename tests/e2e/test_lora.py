@@ -172,6 +172,7 @@ def test_train_continues_a_peft_adapter_and_eval_and_generate_take_it(tmp_path):
     assert generate("--model", final) == generate("--model", base, "--adapter", final)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantize", ["none", "int8", "nf4-double"])
 def test_a_lora_checkpoint_holds_only_the_adapter_and_resumes_bit_exactly(tmp_path, quantize):
     (tmp_path / "train.txt").write_text(shakespeare(20_000))

@@ -1,6 +1,7 @@
 """The memory levers through the real binary: checkpointing, chunked loss, freezing, precision."""
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -33,6 +34,7 @@ def setup_data(tmp_path):
     (tmp_path / "valid.txt").write_text(shakespeare(25_000)[20_000:])
 
 
+@pytest.mark.slow
 def test_checkpointing_and_chunked_loss_give_the_plain_runs_weights(lmtune, tmp_path):
     setup_data(tmp_path)
     model = make_tiny_model(tmp_path / "model", dropout=0.1)  # dropout masks must be replayed
@@ -105,6 +107,7 @@ def byte_level_model(directory, **shape):
     return directory
 
 
+@pytest.mark.slow
 def test_checkpointing_recomputes_every_block_of_every_micro_batch_and_lowers_peak_memory(
         lmtune, tmp_path):
     setup_data(tmp_path)

@@ -97,6 +97,7 @@ SHAPES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_the_predicted_peak_is_within_15_percent_of_the_measured_one(lmtune, tmp_path, models,
                                                                       shape):
@@ -108,6 +109,7 @@ def test_the_predicted_peak_is_within_15_percent_of_the_measured_one(lmtune, tmp
     assert abs(predicted - measured) <= TOLERANCE * measured, (predicted, measured)
 
 
+@pytest.mark.slow
 def test_auto_micro_batch_keeps_the_steps_sequences_and_logs_its_choice(lmtune, tmp_path, models):
     config = write_config(tmp_path, models, micro_batch_size="auto", grad_accum_steps=2)
     plan = last_json(lmtune("plan", config))

@@ -22,6 +22,8 @@ from safetensors.torch import load_file
 
 from conftest import LMTUNE, make_tiny_model, shakespeare
 
+pytestmark = pytest.mark.slow  # a dozen runs of 18 steps, killed and resumed
+
 MAX_STEPS = 18
 
 

@@ -148,6 +148,7 @@ def test_scalars_config_and_samples_are_what_metrics_and_generate_give(tmp_path,
     assert samples[0] != samples[12]
 
 
+@pytest.mark.slow
 def test_a_run_killed_and_resumed_has_every_step_once_with_the_resumed_values(tmp_path, model):
     path = write(tmp_path / "c.json", config(tmp_path, model, every_steps=1))
     # SIGKILL halfway through saving step 8: steps 5-8 and the evaluation at 8 were logged, and

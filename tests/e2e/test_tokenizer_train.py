@@ -110,6 +110,7 @@ def test_tokenizers_and_transformers_encode_as_lmtune(lmtune, trained, tmp_path)
         assert auto.decode(ids) == seen, repr(text[:200])
 
 
+@pytest.mark.slow
 def test_merges_match_the_tokenizers_bpe_trainer(trained, corpus):
     """Same rule, same ids: the package's trainer learns the same vocabulary and merges, in the
     same order, on these documents (docs/tokenizers.md tells when the two can part)."""
