@@ -125,6 +125,7 @@ def test_auto_micro_batch_keeps_the_steps_sequences_and_logs_its_choice(lmtune, 
     assert shown == "auto"
 
 
+@pytest.mark.slow
 def test_the_plan_counts_a_distillation_teacher(lmtune, tmp_path, models):
     config = write_config(tmp_path, models, "gpt2")
     teacher = ["--set", f"distill.teacher={models['llama']}"]

@@ -156,6 +156,7 @@ def test_pruning_stops_poor_trials_at_their_rungs(lmtune, tmp_path, task):
     assert sum(r["steps"] for r in records) < 40 * len(records)
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_to_the_same_trials(lmtune, tmp_path, task):
     root, model = task
     pruning = {"metric": "eval_loss", "min_steps": 10, "reduction_factor": 2}
