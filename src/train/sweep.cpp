@@ -486,6 +486,9 @@ void Sweep::open_output_dir() {
 SweepResult Sweep::run() {
   if (auto env = torchrun_env(); env && env->world_size > 1)
     throw UsageError("lmtune sweep runs its trials in one process; start it without torchrun");
+  // The files every trial reads (model, tokenizer, data) are checked before anything is written.
+  check_inputs(apply_params(spec_, json::object(), spec_.output_dir / "check"),
+               torch::cuda::is_available());
   std::error_code error;
   fs::create_directories(spec_.output_dir, error);
   if (error)

@@ -245,3 +245,15 @@ def test_a_signal_stops_the_trial_with_a_checkpoint_and_says_how_to_resume(tmp_p
     record, = trials(tmp_path / "out")
     assert record["state"] == "running"
     assert list((tmp_path / "out" / "trial-0001" / "checkpoints").glob("step-*/COMPLETE"))
+
+
+def test_a_missing_data_file_is_one_line_before_anything_is_written(lmtune, tmp_path, task):
+    root, model = task
+    base = base_config(root, model)
+    base["data"]["train"] = str(tmp_path / "missing.txt")
+    sweep = write_sweep(tmp_path / "s.json", base, tmp_path / "out", 2)
+    result = lmtune("sweep", sweep)
+    assert result.returncode == 3, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("lmtune error:")]
+    assert len(errors) == 1 and str(tmp_path / "missing.txt") in errors[0], result.stderr
+    assert not (tmp_path / "out").exists()
