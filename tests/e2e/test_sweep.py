@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import LMTUNE, shakespeare
+from conftest import LMTUNE, shakespeare, signal_when
 
 
 @pytest.fixture(scope="module")
@@ -232,12 +232,7 @@ def test_a_signal_stops_the_trial_with_a_checkpoint_and_says_how_to_resume(tmp_p
     root, model = task
     sweep = write_sweep(tmp_path / "s.json", base_config(root, model, max_steps=5000),
                         tmp_path / "out", 2)
-    process = subprocess.Popen([LMTUNE, "sweep", str(sweep)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    for line in process.stderr:
-        if "step 20/5000" in line:
-            process.send_signal(signal.SIGINT)
-            break
+    process = signal_when(["sweep", sweep], "step 20/5000", signal.SIGINT)
     _, rest = process.communicate(timeout=120)
     assert process.returncode == 130, rest
     assert f"sweep interrupted in trial 1 (its checkpoint is in {tmp_path / 'out' / 'trial-0001'})" \
