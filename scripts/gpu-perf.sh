@@ -10,13 +10,16 @@
 #   llama    a Llama 3.2 1B shape, seq 1024, batch 4, bf16, full fine-tuning
 #   lora     the same shape with LoRA r 16 on every linear layer over a bf16-autocast fp32 base
 #            and an nf4 base (PEFT's peer: the fp32 base; bitsandbytes is not on the GPU machine)
+#   levers   the speed switches of issue 19 at the gpt2 shape, each alone and all together
+#            (--fused-kernels, --fused-clipping, --attention-backend cudnn, --vocab-padding 64),
+#            and all of them at the llama shape; the cases compare with `gpt2` and `llama`
 #   profile  `lmtune bench --profile` of 3 steps of the gpt2 and llama shapes, ranked by
 #            scripts/profile_table.py into OUT/profile-*.md (traces in OUT/profile-*/)
 #   plan     scripts/plan-vs-measured.sh on the GPU at seq 1024, micro-batch 8
 #
 # Usage: scripts/gpu-perf.sh [BUILD_DIR]        (default build-gpu/)
 # Environment: PYTHON (python3), OUT (BUILD_DIR/gpu-perf), STEPS (10),
-#              SECTIONS ("gpt2 pad llama lora profile plan"), RUN_TIMEOUT (seconds per run, 150),
+#              SECTIONS ("gpt2 pad llama levers lora profile plan"), RUN_TIMEOUT (seconds per run, 150),
 #              LMTUNE_DEPS_ROOT (as for scripts/gpu-check.sh: where its libraries were unpacked).
 set -uo pipefail
 
@@ -55,7 +58,7 @@ llama=(--arch llama --n-layer 16 --n-head 32 --n-kv-head 8 --n-embd 2048 --mlp-w
        --vocab 128256 --seq 1024 --batch 4)
 peer=("$python" "$root/scripts/bench_torch_peer.py" --device cuda)
 
-for section in ${SECTIONS:-gpt2 pad llama lora profile plan}; do
+for section in ${SECTIONS:-gpt2 pad llama levers lora profile plan}; do
   case $section in
     gpt2 | llama)
       declare -n shape=$section
@@ -64,6 +67,17 @@ for section in ${SECTIONS:-gpt2 pad llama lora profile plan}; do
       ;;
     pad)
       record gpt2-pad64 "$lmtune" bench --device cuda "${gpt2[@]}" "${common[@]}" --vocab-padding 64
+      ;;
+    levers)
+      all_levers=(--fused-kernels --fused-clipping --attention-backend cudnn)
+      for lever in --fused-kernels --fused-clipping "--attention-backend cudnn"; do
+        # shellcheck disable=SC2086  # the attention option is two words
+        record "gpt2-lever${lever// /-}" "$lmtune" bench --device cuda "${gpt2[@]}" "${common[@]}" $lever
+      done
+      record gpt2-levers-all "$lmtune" bench --device cuda "${gpt2[@]}" "${common[@]}" \
+        "${all_levers[@]}" --vocab-padding 64
+      record llama-levers-all "$lmtune" bench --device cuda "${llama[@]}" "${common[@]}" \
+        "${all_levers[@]}"
       ;;
     lora)
       for quantize in none nf4; do

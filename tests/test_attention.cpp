@@ -1,6 +1,7 @@
 // Unit tests of causal attention: the mask of a left-padded batch and the KV cache, against
 // attention written out by hand on each row alone.
 #include <cmath>
+#include <string>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
@@ -77,6 +78,35 @@ TEST(CausalAttention, LeftPaddedRowsAttendAsTheyWouldAlone) {
     EXPECT_TRUE(torch::allclose(alone(y), expected, /*rtol=*/1e-5, /*atol=*/1e-5))
         << "row " << b << ": max difference " << (alone(y) - expected).abs().max().item<double>();
   }
+}
+
+// train.attention_backend: math takes LibTorch's unfused attention instead of the CPU's flash
+// kernel (seen in the backward node autograd records), for the same values; auto restores it.
+TEST(AttentionBackend, MathReplacesTheFlashKernelWithTheSameValues) {
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(5);
+  auto q = torch::randn({2, 4, 16, 8}, generator).requires_grad_();
+  auto k = torch::randn({2, 2, 16, 8}, generator).requires_grad_();
+  auto v = torch::randn({2, 2, 16, 8}, generator).requires_grad_();
+  auto attend = [&] { return lmtune::causal_attention(q, k, v, lmtune::LayerCache{}, 0.0); };
+  auto node = [](const torch::Tensor& y) {
+    // Through the view and reshape of grouped-query heads to the attention node itself.
+    std::string names;
+    for (auto fn = y.grad_fn(); fn;
+         fn = fn->next_edges().empty() ? nullptr : fn->next_edges()[0].function)
+      names += fn->name() + " ";
+    return names;
+  };
+  lmtune::use_attention_backend(lmtune::AttentionBackend::kAuto);
+  auto fused = attend();
+  lmtune::use_attention_backend(lmtune::AttentionBackend::kMath);
+  auto math = attend();
+  lmtune::use_attention_backend(lmtune::AttentionBackend::kAuto);
+  auto restored = attend();
+  EXPECT_NE(node(fused).find("FlashAttention"), std::string::npos) << node(fused);
+  EXPECT_EQ(node(math).find("FlashAttention"), std::string::npos) << node(math);
+  EXPECT_NE(node(restored).find("FlashAttention"), std::string::npos) << node(restored);
+  EXPECT_TRUE(torch::allclose(math, fused, /*rtol=*/1e-5, /*atol=*/1e-6));
+  EXPECT_TRUE(torch::equal(restored, fused));
 }
 
 }  // namespace

@@ -38,9 +38,9 @@ testing::AssertionResult within_one_bf16_step(const torch::Tensor& a, const torc
   auto in_steps = (a64 - b64).abs() / bf16_step(magnitude.to(torch::kFloat64));
   const int64_t beyond = (in_steps > 1).sum().item<int64_t>();
   if (beyond == 0) return testing::AssertionSuccess();
-  return testing::AssertionFailure() << beyond << " of " << a.numel() << " elements differ by more "
-                                     << "than one bf16 step; at most by "
-                                     << in_steps.max().item<double>() << " steps";
+  return testing::AssertionFailure()
+         << beyond << " of " << a.numel() << " elements differ by more "
+         << "than one bf16 step; at most by " << in_steps.max().item<double>() << " steps";
 }
 
 // The same at the larger magnitude of the two results themselves: the strict form, for results
@@ -89,9 +89,10 @@ TEST(Bf16Emulation, TakenUnderCpuBf16AutocastWhereTheKernelsSayEmulated) {
   }
   // Not forced: the hardware decides, unless LMTUNE_CPU_BF16 names a path.
   const char* environment = std::getenv("LMTUNE_CPU_BF16");
-  if (!environment)
+  if (!environment) {
     EXPECT_EQ(lmtune::cpu_bf16_kernels() == CpuBf16Kernels::kEmulated,
               !lmtune::cpu_has_native_bf16());
+  }
   lmtune::AutocastScope bf16(lmtune::Precision::kBf16, torch::kCPU);
   EXPECT_EQ(lmtune::emulates_bf16(x), lmtune::cpu_bf16_kernels() == CpuBf16Kernels::kEmulated);
 }
@@ -133,8 +134,8 @@ TEST(Bf16Emulation, AttentionMatchesLibTorchsBf16AutocastWithinOneRoundingStepOf
   };
   auto emulated = attend(CpuBf16Kernels::kEmulated), native = attend(CpuBf16Kernels::kNative);
   auto bf16 = [](const torch::Tensor& t) { return t.to(torch::kBFloat16).to(torch::kFloat32); };
-  auto terms = at::scaled_dot_product_attention(bf16(q), bf16(k), bf16(v).abs(), std::nullopt,
-                                                0.0, /*causal=*/true);  // sum_j p_j |v_j|
+  auto terms = at::scaled_dot_product_attention(bf16(q), bf16(k), bf16(v).abs(), std::nullopt, 0.0,
+                                                /*causal=*/true);  // sum_j p_j |v_j|
   EXPECT_TRUE(within_one_bf16_step(emulated, native, terms));
   EXPECT_TRUE(holds_bf16_values(emulated));
   EXPECT_FALSE(torch::equal(emulated, native));  // two computations, not one compared with itself

@@ -39,8 +39,6 @@ class Retention : public TempDirTest {
   }
 };
 
-}  // namespace
-
 TEST_F(Retention, KeepsTheNewestAndAnOlderBest) {
   make_checkpoint(2, 1.50);
   make_checkpoint(4, 0.90);  // the best, older than the two newest
@@ -87,8 +85,6 @@ TEST_F(Retention, RemovesOtherProcessesSaveLeftoversButNotItsOwn) {
   lmtune::apply_retention(dir_, /*keep_last=*/3);
   EXPECT_EQ(left(), (std::set<std::string>{"step-00000002", own}));
 }
-
-namespace {
 
 json saved_config() {
   return json::parse(R"({

@@ -70,7 +70,9 @@ TEST(LossScaler, BacksOffOnOverflowAndGrowsAgainAfterTheInterval) {
     auto found_inf = torch::zeros({});
     scaler.unscale({p}, found_inf);
     EXPECT_EQ(found_inf.item<float>(), overflow ? 1.0f : 0.0f);
-    if (!overflow) EXPECT_TRUE(torch::equal(p.grad(), torch::full({2}, 5.0)));
+    if (!overflow) {
+      EXPECT_TRUE(torch::equal(p.grad(), torch::full({2}, 5.0)));
+    }
     scaler.update(found_inf);
   }
   // 256, backed off to 64, 64 again (one clean step), grown to 128 after two, backed off to 32.

@@ -16,6 +16,7 @@ struct BenchArgs {
   std::string device = "auto";
   std::string chunked_loss = "auto";
   std::string quantize = "none";
+  std::string attention_backend = "auto";
 };
 
 void add_shape_options(CLI::App& command, BenchOptions& o) {
@@ -91,6 +92,16 @@ void add_bench_command(CLI::App& app) {
                    "The loss in chunks of tokens: auto (the trainer's rule), on or off")
       ->check(CLI::IsMember({"auto", "on", "off"}))
       ->capture_default_str();
+  command->add_flag("--fused-kernels", args->options.fused_kernels,
+                    "Fused CUDA kernels for residual add + norm and bias + GELU, as "
+                    "train.fused_kernels");
+  command->add_flag("--fused-clipping", args->options.fused_clipping,
+                    "Clipping inside the fused AdamW kernel, as train.fused_clipping");
+  command
+      ->add_option("--attention-backend", args->attention_backend,
+                   "The attention kernel tried first, as train.attention_backend")
+      ->check(CLI::IsMember({"auto", "flash", "efficient", "cudnn", "math"}))
+      ->capture_default_str();
   command->callback([args] {
     BenchOptions& o = args->options;
     if (o.n_embd % o.n_head != 0)
@@ -104,6 +115,7 @@ void add_bench_command(CLI::App& app) {
     o.device = *enum_from_name<Device>(args->device);
     o.chunked_loss = *enum_from_name<ChunkedLoss>(args->chunked_loss);
     o.quantize = *enum_from_name<Quantize>(args->quantize);
+    o.attention_backend = *enum_from_name<AttentionBackend>(args->attention_backend);
     if (o.quantize != Quantize::kNone && o.lora_r == 0)
       throw UsageError(std::string("--quantize ") + args->quantize +
                        " needs --lora-r: a quantized base is frozen and only adapters train");

@@ -1,5 +1,10 @@
 #include "lmtune/model/attention.h"
 
+#include <algorithm>
+#include <vector>
+
+#include <ATen/Context.h>
+
 #include "lmtune/model/bf16_emulation.h"
 
 namespace lmtune {
@@ -64,6 +69,41 @@ torch::Tensor padded_attention_mask(const torch::Tensor& padding, int64_t past, 
   auto in_row = (slots >= padding.unsqueeze(1)).unsqueeze(1);                     // (B, 1, S)
   auto mask = in_row.logical_and(slots <= queries).logical_or(slots == queries);  // (B, T, S)
   return mask.unsqueeze(1);                                                       // (B, 1, T, S)
+}
+
+void use_attention_backend(AttentionBackend backend) {
+  using at::SDPBackend;
+  // LibTorch's own order (ATen/Context.h), which kAuto keeps.
+  std::vector<SDPBackend> order = {SDPBackend::flash_attention, SDPBackend::efficient_attention,
+                                   SDPBackend::math, SDPBackend::cudnn_attention,
+                                   SDPBackend::overrideable};
+  SDPBackend first = SDPBackend::error;
+  switch (backend) {
+    case AttentionBackend::kAuto:
+    case AttentionBackend::kMath:
+      break;
+    case AttentionBackend::kFlash:
+      first = SDPBackend::flash_attention;
+      break;
+    case AttentionBackend::kEfficient:
+      first = SDPBackend::efficient_attention;
+      break;
+    case AttentionBackend::kCudnn:
+      first = SDPBackend::cudnn_attention;
+      break;
+  }
+  if (first != SDPBackend::error)
+    std::rotate(order.begin(), std::find(order.begin(), order.end(), first),
+                std::find(order.begin(), order.end(), first) + 1);
+  std::vector<int64_t> priority;
+  for (SDPBackend b : order) priority.push_back(static_cast<int64_t>(b));
+  auto& context = at::globalContext();
+  context.setSDPPriorityOrder(priority);
+  const bool fused = backend != AttentionBackend::kMath;
+  context.setSDPUseFlash(fused);
+  context.setSDPUseMemEfficient(fused);
+  context.setSDPUseCuDNN(fused);
+  context.setSDPUseMath(true);
 }
 
 }  // namespace lmtune

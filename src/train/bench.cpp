@@ -16,6 +16,7 @@
 #include "lmtune/core/runtime.h"
 #include "lmtune/core/schema.h"
 #include "lmtune/data/dataset.h"
+#include "lmtune/model/attention.h"
 #include "lmtune/model/bf16_emulation.h"
 #include "lmtune/model/gpt2.h"
 #include "lmtune/model/llama.h"
@@ -201,6 +202,8 @@ BenchResult run_bench(const BenchOptions& o) {
     attach_lora(*model, lora);
   }
   model->set_vocab_padding(o.vocab_padding);
+  model->set_fused_kernels(o.fused_kernels);
+  use_attention_backend(o.attention_backend);
   model->to(device);
   model->train();
   AdamW optimizer(decay_groups(*model, /*weight_decay=*/0.1), AdamWOptions{});
@@ -213,7 +216,7 @@ BenchResult run_bench(const BenchOptions& o) {
   TrainingStep step(
       model, optimizer,
       StepSettings{o.precision, device, resolve_loss_chunk_tokens(train, o.seq, o.vocab, device),
-                   /*max_grad_norm=*/1.0});
+                   /*max_grad_norm=*/1.0, o.fused_clipping});
   const std::vector<Batch> batch = {synthetic_batch(o, device)};
   for (const auto& p : step.parameters()) result.parameters += p.numel();  // trainable
   auto run_step = [&] { return step.run(batch, /*lr=*/3e-4).loss; };
@@ -271,6 +274,9 @@ nlohmann::json bench_json(const BenchOptions& o, const BenchResult& r) {
           {"parameters", r.parameters},
           {"loss_chunk_tokens", r.loss_chunk_tokens},
           {"vocab_padding", o.vocab_padding},
+          {"fused_kernels", o.fused_kernels},
+          {"fused_clipping", o.fused_clipping},
+          {"attention_backend", enum_name(o.attention_backend)},
           {"lora_r", o.lora_r},
           {"quantize", enum_name(o.quantize)},
           {"step_ms", r.step_ms},

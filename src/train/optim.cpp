@@ -28,7 +28,7 @@ AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options)
   }
 }
 
-void AdamW::step(double lr, const torch::Tensor& found_inf) {
+void AdamW::step(double lr, const torch::Tensor& found_inf, const torch::Tensor& grad_divisor) {
   torch::NoGradGuard no_grad;
   std::size_t offset = 0;
   for (const auto& group : groups_) {
@@ -48,14 +48,15 @@ void AdamW::step(double lr, const torch::Tensor& found_inf) {
     // The fused kernel reads the step counts for bias correction but leaves counting to the
     // caller; it applies the update and the decoupled decay p -= lr * weight_decay * p.
     at::_foreach_add_(steps, 1);
-    std::optional<torch::Tensor> skip;
+    std::optional<torch::Tensor> skip, divisor;
+    if (grad_divisor.defined()) divisor = grad_divisor;
     if (found_inf.defined()) {
       skip = found_inf;
       at::_foreach_sub_(steps, std::vector<torch::Tensor>(steps.size(), found_inf));
     }
     at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr,
                       options_.beta1, options_.beta2, group.weight_decay, options_.eps,
-                      /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/std::nullopt, skip);
+                      /*amsgrad=*/false, /*maximize=*/false, divisor, skip);
   }
 }
 
@@ -75,18 +76,30 @@ double learning_rate(const TrainConfig& train, int64_t step) {
   return train.min_lr + (train.lr - train.min_lr) * factor;
 }
 
-torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
+torch::Tensor grad_norm(const std::vector<torch::Tensor>& params) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> grads;
   for (const auto& p : params)
     if (p.grad().defined()) grads.push_back(p.grad());
   if (grads.empty()) return torch::zeros({});
   auto norms = at::_foreach_norm(grads, 2);
-  auto total = torch::stack(norms).to(torch::kFloat32).norm();  // scalar
+  return torch::stack(norms).to(torch::kFloat32).norm();  // scalar
+}
+
+torch::Tensor clip_coefficient(const torch::Tensor& total, double max_norm) {
+  return (max_norm / (total + 1e-6)).clamp_max(1.0);
+}
+
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
+  torch::NoGradGuard no_grad;
+  auto total = grad_norm(params);
   if (max_norm > 0) {
-    // Scale by min(1, max_norm / norm) without reading the norm on the host.
-    auto coefficient = (max_norm / (total + 1e-6)).clamp_max(1.0);
-    at::_foreach_mul_(grads, coefficient.to(grads[0].dtype()));
+    // Scale by the coefficient without reading the norm on the host.
+    std::vector<torch::Tensor> grads;
+    for (const auto& p : params)
+      if (p.grad().defined()) grads.push_back(p.grad());
+    if (!grads.empty())
+      at::_foreach_mul_(grads, clip_coefficient(total, max_norm).to(grads[0].dtype()));
   }
   return total;
 }

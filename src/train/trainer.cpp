@@ -17,6 +17,7 @@
 #include "lmtune/io/remove_tree.h"
 #include "lmtune/io/safetensors.h"
 #include "lmtune/model/activation_checkpoint.h"
+#include "lmtune/model/attention.h"
 #include "lmtune/model/hf_model_files.h"
 #include "lmtune/train/freeze.h"
 #include "lmtune/train/memory.h"
@@ -224,11 +225,11 @@ void Trainer::setup() {
   optimizer_ = std::make_unique<AdamW>(
       decay_groups(*model_, config_.train.weight_decay),
       AdamWOptions{config_.train.beta1, config_.train.beta2, config_.train.eps});
-  training_step_ =
-      std::make_unique<TrainingStep>(model_, *optimizer_,
-                                     StepSettings{config_.train.precision, device_,
-                                                  loss_chunk_tokens_, config_.train.max_grad_norm},
-                                     scaler_.get());
+  training_step_ = std::make_unique<TrainingStep>(
+      model_, *optimizer_,
+      StepSettings{config_.train.precision, device_, loss_chunk_tokens_,
+                   config_.train.max_grad_norm, config_.train.fused_clipping},
+      scaler_.get());
   if (group_) training_step_->distribute(*group_);
   if (!config_.distill.teacher.empty()) setup_distillation();
   int64_t parameters = 0;
@@ -425,8 +426,8 @@ void Trainer::prepare_run_directory() {
   if (!taken_over.empty()) progress_->message(taken_over);
 }
 
-// Layer freezing, activation checkpointing, the chunked loss and the fp16 loss scaler: all fixed
-// before the optimizer sees the parameters.
+// Layer freezing, activation checkpointing, the chunked loss, the speed switches and the fp16 loss
+// scaler: all fixed before the optimizer sees the parameters.
 void Trainer::setup_memory_levers() {
   const TrainConfig& train = config_.train;
   if (std::string frozen = freeze_parameters(model_, train); !frozen.empty())
@@ -442,6 +443,20 @@ void Trainer::setup_memory_levers() {
   if (loss_chunk_tokens_ > 0)
     progress_->message(fmt::format("chunked loss: {} tokens per chunk (train.chunked_loss: {})",
                                    loss_chunk_tokens_, enum_name(train.chunked_loss)));
+  // The speed levers of issue 19's kind: opt-in until measured on a GPU.
+  model_->set_fused_kernels(train.fused_kernels);
+  if (train.fused_kernels)
+    progress_->message(device_.is_cuda()
+                           ? "train.fused_kernels: residual add + norm and bias + GELU run as "
+                             "fused CUDA kernels"
+                           : "train.fused_kernels: on; the CPU runs the same maths as plain "
+                             "operations");
+  use_attention_backend(train.attention_backend);
+  if (train.attention_backend != AttentionBackend::kAuto)
+    progress_->message(
+        fmt::format("train.attention_backend: {} first", enum_name(train.attention_backend)));
+  if (train.fused_clipping)
+    progress_->message("train.fused_clipping: clipping inside the fused AdamW kernel");
   if (train.precision == Precision::kFp16)
     scaler_ = std::make_unique<LossScaler>(train.loss_scale_init, train.loss_scale_growth_interval,
                                            train.loss_scale_backoff, device_);

@@ -58,14 +58,28 @@ TrainingStep::Result TrainingStep::run(const std::vector<Batch>& micro_batches, 
   // A step whose gradients or loss are inf/NaN is skipped on the device (found_inf = 1); clipping
   // sees unscaled gradients.
   auto found_inf = torch::zeros({}, step_loss.options());
-  if (scaler_) scaler_->unscale(params_, found_inf);
-  auto grad_norm = clip_grad_norm(params_, s.max_grad_norm);
+  torch::Tensor norm_before_clipping, grad_divisor;
+  if (s.fused_clipping) {
+    // An inf or NaN gradient makes the norm non-finite, which found_inf below catches: the
+    // scaler's own pass is not needed.
+    norm_before_clipping = grad_norm(params_);
+    if (scaler_) norm_before_clipping = norm_before_clipping / scaler_->current_scale();
+    if (s.max_grad_norm > 0)
+      grad_divisor = clip_coefficient(norm_before_clipping, s.max_grad_norm).reciprocal();
+    if (scaler_)
+      grad_divisor = grad_divisor.defined() ? grad_divisor * scaler_->current_scale()
+                                            : scaler_->current_scale();
+  } else {
+    if (scaler_) scaler_->unscale(params_, found_inf);
+    norm_before_clipping = clip_grad_norm(params_, s.max_grad_norm);
+  }
   auto loss_nonfinite = not_finite(step_loss);
-  found_inf = torch::maximum(found_inf, torch::maximum(loss_nonfinite, not_finite(grad_norm)));
-  optimizer_.step(lr, found_inf);
+  found_inf =
+      torch::maximum(found_inf, torch::maximum(loss_nonfinite, not_finite(norm_before_clipping)));
+  optimizer_.step(lr, found_inf, grad_divisor);
   optimizer_.zero_grad();
   if (scaler_) scaler_->update(found_inf);
-  return {step_loss, grad_norm, loss_nonfinite, step_terms};
+  return {step_loss, norm_before_clipping, loss_nonfinite, step_terms};
 }
 
 torch::Tensor TrainingStep::distillation_terms(const Batch& batch) const {

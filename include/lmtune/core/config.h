@@ -268,6 +268,18 @@ struct EnumNames<ChunkedLoss> {
 inline constexpr int64_t kAutoMicroBatch = 0;
 inline constexpr int64_t kAutoMicroBatchUnit = 8;
 
+// Which scaled-dot-product attention kernel LibTorch tries first (train.attention_backend).
+enum class AttentionBackend { kAuto, kFlash, kEfficient, kCudnn, kMath };
+template <>
+struct EnumNames<AttentionBackend> {
+  static constexpr EnumTable<AttentionBackend, 5> kTable{
+      {{AttentionBackend::kAuto, "auto"},
+       {AttentionBackend::kFlash, "flash"},
+       {AttentionBackend::kEfficient, "efficient"},
+       {AttentionBackend::kCudnn, "cudnn"},
+       {AttentionBackend::kMath, "math"}}};
+};
+
 struct TrainConfig {
   int64_t max_steps = 1000;      // optimizer steps
   int64_t epochs = 0;            // passes over the training data; > 0 replaces max_steps
@@ -285,7 +297,10 @@ struct TrainConfig {
   double max_grad_norm = 1.0;  // clip the global gradient norm; 0 disables clipping
   ChunkedLoss chunked_loss = ChunkedLoss::kAuto;  // vocabulary projection + loss in chunks
   int64_t loss_chunk_tokens = 512;                // tokens per chunk of the chunked loss
-  int64_t vocab_padding = 0;  // plain loss: project onto V padded to a multiple of this; 0 = off
+  int64_t vocab_padding = 0;    // plain loss: project onto V padded to a multiple of this; 0 = off
+  bool fused_kernels = false;   // CUDA kernels for residual add + norm and bias + GELU
+  bool fused_clipping = false;  // clipping and fp16 unscaling inside the fused AdamW kernel
+  AttentionBackend attention_backend = AttentionBackend::kAuto;
   bool freeze_embeddings = false;             // wte and wpe get no gradient and no optimizer state
   int64_t freeze_layers = 0;                  // the first N blocks are frozen
   double loss_scale_init = 65536.0;           // fp16: initial dynamic loss scale
@@ -342,6 +357,22 @@ struct TrainConfig {
             "values from matrix products of sizes GPU libraries run fast (GPT-2's odd 50,257 "
             "gets slow kernels: docs/benchmarks.md, GPU). 0 = off.")
           .min(0));
+    v(fused_kernels,
+      Field("fused_kernels",
+            "On a GPU, run each residual add with the LayerNorm/RMSNorm after it, and GPT-2's "
+            "bias + GELU, as one CUDA kernel each (forward and backward) instead of several; on "
+            "the CPU the same maths in plain operations. Off by default until measured on a GPU "
+            "(docs/benchmarks.md)."));
+    v(fused_clipping,
+      Field("fused_clipping",
+            "Apply gradient clipping (and fp16's unscaling) inside the fused AdamW kernel as it "
+            "reads the gradients, instead of in passes over them of their own. Off by default "
+            "until measured on a GPU."));
+    v(attention_backend,
+      Field("attention_backend",
+            "The attention kernel LibTorch tries first: auto (its own order), flash, efficient, "
+            "cudnn (GPU), or math (the unfused reference, everywhere). One that cannot run an "
+            "input falls back to the next."));
     v(freeze_embeddings, Field("freeze_embeddings",
                                "Freeze the token and position embeddings (wte, wpe); a tied "
                                "lm_head is frozen with them."));

@@ -8,6 +8,7 @@
 
 #include <torch/torch.h>
 
+#include "lmtune/core/config.h"
 #include "lmtune/model/causal_lm.h"
 
 namespace lmtune {
@@ -24,5 +25,10 @@ torch::Tensor causal_attention(const torch::Tensor& q, torch::Tensor k, torch::T
 // of its row. A padding slot attends to itself alone, so that every softmax has a term and
 // padding never turns into NaN.
 torch::Tensor padded_attention_mask(const torch::Tensor& padding, int64_t past, int64_t T);
+
+// train.attention_backend, for the whole process: `backend` first in the order LibTorch tries its
+// attention kernels (the others after it, in LibTorch's own order, for inputs it cannot take);
+// kMath turns the fused kernels off. kAuto restores LibTorch's defaults.
+void use_attention_backend(AttentionBackend backend);
 
 }  // namespace lmtune

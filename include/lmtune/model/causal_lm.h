@@ -116,6 +116,10 @@ class CausalLMImpl : public torch::nn::Module {
   // libraries run fast (an odd V such as GPT-2's 50,257 gets slow kernels). 0 turns it off.
   void set_vocab_padding(int64_t multiple) { vocab_padding_ = multiple; }
   int64_t vocab_padding() const { return vocab_padding_; }
+  // Blocks run each residual add with the norm after it (and GPT-2's bias + GELU) through
+  // model/fused_ops.h, whose CUDA kernels take them on a GPU. Off: the plain operations.
+  void set_fused_kernels(bool on) { fused_kernels_ = on; }
+  bool fused_kernels() const { return fused_kernels_; }
 
  protected:
   // idx (B, T) -> (B, T, C): token (and position) embeddings of the tokens at `positions`.
@@ -129,6 +133,7 @@ class CausalLMImpl : public torch::nn::Module {
  private:
   int64_t checkpoint_every_ = 0;
   int64_t vocab_padding_ = 0;
+  bool fused_kernels_ = false;
 };
 
 // A handle to any architecture, as the trainer holds it. Converts from the typed handles

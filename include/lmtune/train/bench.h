@@ -30,9 +30,12 @@ struct BenchOptions {
   int64_t warmup = 3;   // untimed steps before them
   int64_t threads = 0;  // LibTorch intra-op threads; 0 = every core
   Device device = Device::kAuto;
-  ChunkedLoss chunked_loss = ChunkedLoss::kAuto;                // as train.chunked_loss
-  int64_t loss_chunk_tokens = TrainConfig{}.loss_chunk_tokens;  // as train.loss_chunk_tokens
-  int64_t vocab_padding = TrainConfig{}.vocab_padding;          // as train.vocab_padding
+  ChunkedLoss chunked_loss = ChunkedLoss::kAuto;                 // as train.chunked_loss
+  int64_t loss_chunk_tokens = TrainConfig{}.loss_chunk_tokens;   // as train.loss_chunk_tokens
+  int64_t vocab_padding = TrainConfig{}.vocab_padding;           // as train.vocab_padding
+  bool fused_kernels = false;                                    // as train.fused_kernels
+  bool fused_clipping = false;                                   // as train.fused_clipping
+  AttentionBackend attention_backend = AttentionBackend::kAuto;  // as train.attention_backend
   int64_t lora_r = 0;  // > 0: LoRA of this rank (alpha 2r) on every linear layer, base frozen
   Quantize quantize = Quantize::kNone;  // the frozen base's linear weights (with lora_r > 0)
   // Non-empty: after the timed steps, `profile_steps` more run under LibTorch's profiler (CPU

@@ -26,6 +26,8 @@ class LossScaler {
   // Divides the gradients of `params` by the scale in place and sets found_inf (an fp32 device
   // scalar) to 1 when any of them is inf or NaN.
   void unscale(const std::vector<torch::Tensor>& params, torch::Tensor& found_inf) const;
+  // The scale the loss is multiplied by now (fp32 device scalar).
+  const torch::Tensor& current_scale() const { return scale_; }
   // After the optimizer step (skipped when found_inf is 1): backs off or grows the scale.
   void update(const torch::Tensor& found_inf);
 

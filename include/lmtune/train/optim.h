@@ -34,8 +34,10 @@ class AdamW {
   AdamW(std::vector<ParamGroup> groups, AdamWOptions options);
 
   // One update at learning rate lr. A defined found_inf (fp32 device scalar) equal to 1 skips it
-  // on the device, step counts included, without a host synchronisation.
-  void step(double lr, const torch::Tensor& found_inf = {});
+  // on the device, step counts included, without a host synchronisation. A defined
+  // grad_divisor (fp32 device scalar) divides every gradient inside the fused kernel, as it
+  // reads them: clipping and the fp16 loss scale's unscaling without passes of their own.
+  void step(double lr, const torch::Tensor& found_inf = {}, const torch::Tensor& grad_divisor = {});
   void zero_grad();
 
   // Per parameter, in group order: first and second moments, and the step count.
@@ -58,6 +60,14 @@ class AdamW {
 // The learning rate at optimizer step `step` (0-based): linear warmup to lr, then the schedule's
 // decay towards min_lr at max_steps.
 double learning_rate(const TrainConfig& train, int64_t step);
+
+// Global L2 norm of the gradients of `params` (an fp32 scalar tensor, not synchronised with the
+// host).
+torch::Tensor grad_norm(const std::vector<torch::Tensor>& params);
+
+// What clipping multiplies the gradients by so that their norm `total` does not exceed max_norm
+// (> 0): min(1, max_norm / (total + 1e-6)), as a device scalar.
+torch::Tensor clip_coefficient(const torch::Tensor& total, double max_norm);
 
 // Global L2 norm of the gradients of `params` (a scalar tensor, not synchronised with the host),
 // scaling them so it does not exceed max_norm when max_norm > 0.

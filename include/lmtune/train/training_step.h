@@ -25,6 +25,9 @@ struct StepSettings {
   torch::Device device = torch::kCPU;
   int64_t loss_chunk_tokens = 0;  // 0 = the plain loss (train/evaluate.h)
   double max_grad_norm = 1.0;     // 0 = no clipping
+  // train.fused_clipping: clipping and fp16 unscaling applied by the fused AdamW kernel as it
+  // reads the gradients (their norm is the only other pass over them).
+  bool fused_clipping = false;
 };
 
 // Knowledge distillation: the step's loss becomes (1 - alpha) x CE + alpha x T^2 x KL against a
