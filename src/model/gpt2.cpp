@@ -5,6 +5,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "lmtune/model/attention.h"
+#include "lmtune/model/fused_ops.h"
 
 namespace lmtune {
 
@@ -56,7 +57,12 @@ MLPImpl::MLPImpl(const GPT2Config& config) : activation_(config.activation) {
   dropout_ = register_module("dropout", torch::nn::Dropout(config.resid_pdrop));
 }
 
-torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+torch::Tensor MLPImpl::forward(const torch::Tensor& x, bool fused) {
+  if (fused && activation_ != Activation::kRelu && c_fc->bias.defined()) {
+    auto hidden = bias_gelu(c_fc->forward_without_bias(x), c_fc->bias,
+                            /*tanh=*/activation_ == Activation::kGeluTanh, /*use_kernel=*/true);
+    return dropout_(c_proj(hidden));
+  }
   auto hidden = c_fc(x);  // (B, T, 4C)
   switch (activation_) {
     case Activation::kGeluTanh:
@@ -79,7 +85,14 @@ BlockImpl::BlockImpl(const GPT2Config& config) {
   mlp = register_module("mlp", MLP(config));
 }
 
-torch::Tensor BlockImpl::forward(const torch::Tensor& x, LayerCache cache) {
+torch::Tensor BlockImpl::forward(const torch::Tensor& x, LayerCache cache, bool fused) {
+  if (fused) {
+    const auto& o = ln_2->options;
+    auto [y, normed] = add_norm(x, attn(ln_1(x), cache),
+                                NormWeights{ln_2->weight, ln_2->bias, o.eps(), /*rms=*/false},
+                                /*use_kernel=*/true);
+    return y + mlp(normed, /*fused=*/true);
+  }
   auto y = x + attn(ln_1(x), cache);
   return y + mlp(ln_2(y));
 }
@@ -107,7 +120,7 @@ torch::Tensor GPT2Impl::embed(const torch::Tensor& idx, const TokenPositions& po
 
 torch::Tensor GPT2Impl::run_block(int64_t index, const torch::Tensor& x,
                                   const TokenPositions& /*positions*/, LayerCache cache) {
-  return h->ptr<BlockImpl>(index)->forward(x, cache);
+  return h->ptr<BlockImpl>(index)->forward(x, cache, fused_kernels());
 }
 
 torch::Tensor GPT2Impl::output_weight() const {

@@ -5,6 +5,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "lmtune/model/attention.h"
+#include "lmtune/model/fused_ops.h"
 
 namespace lmtune {
 
@@ -134,7 +135,15 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c) {
 }
 
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
-                                             const torch::Tensor& sin, LayerCache cache) {
+                                             const torch::Tensor& sin, LayerCache cache,
+                                             bool fused) {
+  if (fused) {
+    const RMSNormImpl& norm = *post_attention_layernorm;
+    auto [h, normed] = add_norm(x, self_attn(input_layernorm(x), cos, sin, cache),
+                                NormWeights{norm.weight, torch::Tensor(), norm.eps(), /*rms=*/true},
+                                /*use_kernel=*/true);
+    return h + mlp(normed);
+  }
   auto h = x + self_attn(input_layernorm(x), cos, sin, cache);
   return h + mlp(post_attention_layernorm(h));
 }
@@ -211,7 +220,7 @@ torch::Tensor LlamaImpl::embed(const torch::Tensor& idx, const TokenPositions& /
 torch::Tensor LlamaImpl::run_block(int64_t index, const torch::Tensor& x,
                                    const TokenPositions& positions, LayerCache cache) {
   auto [cos, sin] = rotation(positions, x.size(1), x.device());
-  return layers->ptr<LlamaDecoderLayerImpl>(index)->forward(x, cos, sin, cache);
+  return layers->ptr<LlamaDecoderLayerImpl>(index)->forward(x, cos, sin, cache, fused_kernels());
 }
 
 }  // namespace lmtune

@@ -17,6 +17,14 @@ ProjectionImpl::ProjectionImpl(int64_t in, int64_t out, bool bias) : in_(in), ou
 }
 
 torch::Tensor ProjectionImpl::forward(const torch::Tensor& x) {
+  return project(x, bias);
+}
+
+torch::Tensor ProjectionImpl::forward_without_bias(const torch::Tensor& x) {
+  return project(x, torch::Tensor());
+}
+
+torch::Tensor ProjectionImpl::project(const torch::Tensor& x, const torch::Tensor& bias) {
   torch::Tensor y = is_quantized() ? quantized_linear(x, quantized_, bias)
                                    : autocast_linear(x, weight, bias);  // (..., out)
   if (!has_lora()) return y;

@@ -66,7 +66,8 @@ TORCH_MODULE(CausalSelfAttention);
 class MLPImpl : public torch::nn::Module {
  public:
   explicit MLPImpl(const GPT2Config& config);
-  torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
+  // (B, T, C) -> (B, T, C); `fused`: c_fc's bias and the GELU as one operation (fused_ops.h)
+  torch::Tensor forward(const torch::Tensor& x, bool fused = false);
 
   Projection c_fc{nullptr};    // C -> 4C
   Projection c_proj{nullptr};  // 4C -> C
@@ -80,7 +81,9 @@ TORCH_MODULE(MLP);
 class BlockImpl : public torch::nn::Module {
  public:
   explicit BlockImpl(const GPT2Config& config);
-  torch::Tensor forward(const torch::Tensor& x, LayerCache cache = {});
+  // `fused`: the residual add before ln_2 and ln_2 itself, and the MLP's bias + GELU, through
+  // model/fused_ops.h (CUDA kernels on a GPU).
+  torch::Tensor forward(const torch::Tensor& x, LayerCache cache = {}, bool fused = false);
 
   torch::nn::LayerNorm ln_1{nullptr};
   CausalSelfAttention attn{nullptr};

@@ -67,6 +67,7 @@ class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps);
   torch::Tensor forward(const torch::Tensor& x);  // (..., dim) -> (..., dim)
+  double eps() const { return eps_; }
 
   torch::Tensor weight;  // (dim)
 
@@ -109,8 +110,10 @@ TORCH_MODULE(LlamaMLP);
 class LlamaDecoderLayerImpl : public torch::nn::Module {
  public:
   explicit LlamaDecoderLayerImpl(const LlamaConfig& config);
+  // `fused`: the residual add after attention and post_attention_layernorm as one operation
+  // (model/fused_ops.h: a CUDA kernel on a GPU).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        LayerCache cache);
+                        LayerCache cache, bool fused = false);
 
   RMSNorm input_layernorm{nullptr};
   LlamaAttention self_attn{nullptr};

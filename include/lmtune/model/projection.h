@@ -20,6 +20,8 @@ class ProjectionImpl : public torch::nn::Module {
   ProjectionImpl(int64_t in, int64_t out, bool bias);
   // x (..., in) -> (..., out)
   torch::Tensor forward(const torch::Tensor& x);
+  // The same without the bias, for a caller that adds it fused with what follows (bias + GELU).
+  torch::Tensor forward_without_bias(const torch::Tensor& x);
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
@@ -45,6 +47,9 @@ class ProjectionImpl : public torch::nn::Module {
   torch::Tensor lora_B;  // (out, r), or undefined
 
  private:
+  // x W^T + `bias` (undefined: none), plus the adapter's term.
+  torch::Tensor project(const torch::Tensor& x, const torch::Tensor& bias);
+
   int64_t in_, out_;
   double lora_scaling_ = 0;
   double lora_dropout_ = 0;
