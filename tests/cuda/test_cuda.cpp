@@ -547,3 +547,20 @@ TEST_F(CudaTest, FusedBiasGeluMatchesTheReferenceInFp32Bf16AndFp16) {
   expect_fused_bias_gelu_matches(torch::kBFloat16, /*rtol=*/1e-2);
   expect_fused_bias_gelu_matches(torch::kHalf, /*rtol=*/1e-2);
 }
+
+TEST_F(CudaTest, FusedAddNormTakesUpTo16384ChannelsAndFallsBackBeyond) {
+  const FusedNormCase c{torch::kFloat32, torch::kBFloat16, torch::kFloat32, Precision::kBf16, 1e-2};
+  for (bool rms : {false, true}) {
+    const FusedNormRun k = run_fused_add_norm(c, rms, /*rows=*/33, /*C=*/16384, true, true);
+    const FusedNormRun r = run_fused_add_norm(c, rms, /*rows=*/33, /*C=*/16384, false, true);
+    EXPECT_TRUE(fused_kernel_close(k.normed, r.normed, c.rtol)) << rms;
+    EXPECT_TRUE(fused_kernel_close(k.grad_residual, r.grad_residual, c.rtol)) << rms;
+    EXPECT_TRUE(fused_kernel_close(k.grad_branch, r.grad_branch, c.rtol)) << rms;
+    EXPECT_TRUE(fused_kernel_close(k.grad_weight, r.grad_weight, c.rtol)) << rms;
+    // One channel more than a block holds: the reference path, asked for the kernel or not.
+    const FusedNormRun wide = run_fused_add_norm(c, rms, /*rows=*/3, /*C=*/16385, true, true);
+    const FusedNormRun plain = run_fused_add_norm(c, rms, /*rows=*/3, /*C=*/16385, false, true);
+    EXPECT_EQ(wide.normed.grad_fn()->name(), plain.normed.grad_fn()->name());
+    EXPECT_TRUE(torch::equal(wide.normed, plain.normed));
+  }
+}
