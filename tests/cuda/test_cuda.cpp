@@ -3,13 +3,15 @@
 // CPU or against the plain path on the GPU: forward, activation checkpointing with dropout (the
 // CUDA generator restored), the chunked loss, the fused AdamW, the fp16 loss scaler, mixed
 // precision steps, peak memory, the checkpointed CUDA generator state, a Llama-family model,
-// quantized weights (int8, nf4) and LoRA adapters over a quantized base.
+// quantized weights (int8, nf4), LoRA adapters over a quantized base, and the fused add + norm and
+// bias + GELU kernels against their reference paths.
 #include <gtest/gtest.h>
 
 #include <torch/cuda.h>
 
 #include "../tiny_gpt2.h"
 #include "lmtune/model/chunked_loss.h"
+#include "lmtune/model/fused_ops.h"
 #include "lmtune/model/gpt2.h"
 #include "lmtune/model/llama.h"
 #include "lmtune/model/lora.h"
@@ -19,6 +21,7 @@
 #include "lmtune/train/loss_scaler.h"
 #include "lmtune/train/memory.h"
 #include "lmtune/train/optim.h"
+#include "lmtune/train/precision.h"
 
 using lmtune::GPT2;
 using lmtune::Precision;
@@ -369,4 +372,195 @@ TEST_F(CudaTest, VocabPaddingGivesThePlainLossAndGradients) {
   actual = train_step(padded, Precision::kBf16, kCuda);
   EXPECT_NEAR(actual.loss, expected.loss, 1e-3 * std::abs(expected.loss));
   expect_close_grads_by_norm(actual, expected, 1e-2);
+}
+
+namespace {
+
+// The fused kernels (src/model/fused_ops.cu) against the reference path of the same functions,
+// both on the GPU: the channel counts include an odd one (100) and a Llama-sized one (5120).
+constexpr int64_t kFusedChannels[] = {64, 384, 768, 2048, 100, 5120};
+constexpr int64_t kFusedRows[] = {1, 7, 4096};
+
+// A dtype mix of an add + norm: residual, branch, the norm's weights, and the autocast around it.
+struct FusedNormCase {
+  torch::Dtype residual;
+  torch::Dtype branch;
+  torch::Dtype weight;
+  Precision autocast;  // kFp32: none
+  double rtol;         // fp32 ~1e-5; a bf16/fp16 result one or two rounding steps apart
+};
+
+struct FusedNormRun {
+  torch::Tensor sum, normed;
+  torch::Tensor grad_residual, grad_branch, grad_weight, grad_bias;
+};
+
+// One add_norm forward and backward on (rows, C) inputs drawn from a seed of the shape, so the
+// kernel and the reference see the same numbers. The residual stream's own gradient is fed back
+// when `sum_grad` (as when a later block reads it), else only normed's.
+FusedNormRun run_fused_add_norm(const FusedNormCase& c, bool rms, int64_t rows, int64_t C,
+                                bool use_kernel, bool sum_grad) {
+  torch::manual_seed(rows * 7919 + C);
+  const auto on_gpu = torch::TensorOptions().device(kCuda);
+  auto residual = torch::randn({rows, C}, on_gpu).to(c.residual).requires_grad_();
+  auto branch = (0.5 * torch::randn({rows, C}, on_gpu) + 0.7).to(c.branch).requires_grad_();
+  auto weight = (1 + 0.3 * torch::randn({C}, on_gpu)).to(c.weight).requires_grad_();
+  torch::Tensor bias;
+  if (!rms) bias = (0.2 * torch::randn({C}, on_gpu)).to(c.weight).requires_grad_();
+  const torch::Tensor grad_normed = torch::randn({rows, C}, on_gpu);
+  const torch::Tensor grad_sum = torch::randn({rows, C}, on_gpu);
+
+  FusedNormRun run;
+  {
+    lmtune::AutocastScope autocast(c.autocast, kCuda);
+    const lmtune::NormWeights norm{weight, bias, /*eps=*/1e-5, rms};
+    lmtune::AddNormResult r = lmtune::add_norm(residual, branch, norm, use_kernel);
+    run.sum = r.sum;
+    run.normed = r.normed;
+  }
+  std::vector<torch::Tensor> outputs{run.normed};
+  std::vector<torch::Tensor> grads{grad_normed.to(run.normed.scalar_type())};
+  if (sum_grad) {
+    outputs.push_back(run.sum);
+    grads.push_back(grad_sum.to(run.sum.scalar_type()));
+  }
+  torch::autograd::backward(outputs, grads);
+  run.grad_residual = residual.grad();
+  run.grad_branch = branch.grad();
+  run.grad_weight = weight.grad();
+  if (!rms) run.grad_bias = bias.grad();
+  return run;
+}
+
+// |actual - expected| <= rtol * (|expected| + max |expected|) everywhere, in the same dtype.
+testing::AssertionResult fused_kernel_close(const torch::Tensor& actual,
+                                            const torch::Tensor& expected, double rtol) {
+  if (!actual.defined() || !expected.defined()) {
+    return testing::AssertionFailure()
+           << "undefined: actual " << actual.defined() << ", expected " << expected.defined();
+  }
+  if (actual.scalar_type() != expected.scalar_type() || actual.sizes() != expected.sizes()) {
+    return testing::AssertionFailure() << "dtype or shape differs: " << actual.scalar_type()
+                                       << " vs " << expected.scalar_type();
+  }
+  const torch::Tensor a = actual.to(torch::kFloat64), e = expected.to(torch::kFloat64);
+  const double scale = e.abs().max().item<double>();
+  const double excess = ((a - e).abs() - rtol * (e.abs() + scale)).max().item<double>();
+  if (excess <= 0) return testing::AssertionSuccess();
+  return testing::AssertionFailure() << "differs by up to " << (a - e).abs().max().item<double>()
+                                     << " at a scale of " << scale << " (rtol " << rtol << ")";
+}
+
+// The kernel against the reference for every shape, LayerNorm and RMSNorm: sum exactly (both
+// round one fp32 add), normed and every gradient within the case's tolerance.
+void expect_fused_add_norm_matches(const FusedNormCase& c) {
+  for (bool rms : {false, true}) {
+    for (int64_t C : kFusedChannels) {
+      for (int64_t rows : kFusedRows) {
+        SCOPED_TRACE(testing::Message()
+                     << (rms ? "RMSNorm" : "LayerNorm") << " rows " << rows << " C " << C);
+        const FusedNormRun k = run_fused_add_norm(c, rms, rows, C, /*use_kernel=*/true, true);
+        const FusedNormRun r = run_fused_add_norm(c, rms, rows, C, /*use_kernel=*/false, true);
+        EXPECT_TRUE(torch::equal(k.sum, r.sum));
+        EXPECT_TRUE(fused_kernel_close(k.normed, r.normed, c.rtol)) << "normed";
+        EXPECT_TRUE(fused_kernel_close(k.grad_residual, r.grad_residual, c.rtol)) << "residual";
+        EXPECT_TRUE(fused_kernel_close(k.grad_branch, r.grad_branch, c.rtol)) << "branch";
+        EXPECT_TRUE(fused_kernel_close(k.grad_weight, r.grad_weight, c.rtol)) << "weight";
+        if (!rms) EXPECT_TRUE(fused_kernel_close(k.grad_bias, r.grad_bias, c.rtol)) << "bias";
+      }
+    }
+  }
+}
+
+// bias_gelu's kernel against its reference on the GPU, value and both gradients.
+void expect_fused_bias_gelu_matches(torch::Dtype x_dtype, double rtol) {
+  for (bool tanh : {false, true}) {
+    for (int64_t C : kFusedChannels) {
+      for (int64_t rows : kFusedRows) {
+        SCOPED_TRACE(testing::Message() << "tanh " << tanh << " rows " << rows << " C " << C);
+        std::vector<torch::Tensor> results[2];
+        for (bool use_kernel : {true, false}) {
+          torch::manual_seed(rows * 7919 + C);
+          const auto on_gpu = torch::TensorOptions().device(kCuda);
+          auto x = (2 * torch::randn({rows, C}, on_gpu)).to(x_dtype).requires_grad_();
+          auto bias = torch::randn({C}, on_gpu).requires_grad_();  // fp32, as a master weight
+          const torch::Tensor grad = torch::randn({rows, C}, on_gpu).to(x_dtype);
+          torch::Tensor y = lmtune::bias_gelu(x, bias, tanh, use_kernel);
+          y.backward(grad);
+          results[use_kernel ? 0 : 1] = {y, x.grad(), bias.grad()};
+        }
+        EXPECT_TRUE(fused_kernel_close(results[0][0], results[1][0], rtol)) << "y";
+        EXPECT_TRUE(fused_kernel_close(results[0][1], results[1][1], rtol)) << "grad x";
+        EXPECT_TRUE(fused_kernel_close(results[0][2], results[1][2], rtol)) << "grad bias";
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_F(CudaTest, FusedAddNormMatchesTheReferenceInFp32) {
+  ASSERT_TRUE(lmtune::fused_kernels_compiled());
+  expect_fused_add_norm_matches(
+      {torch::kFloat32, torch::kFloat32, torch::kFloat32, Precision::kFp32, /*rtol=*/1e-5});
+}
+
+TEST_F(CudaTest, FusedAddNormMatchesTheReferenceForABf16BranchUnderBf16Autocast) {
+  expect_fused_add_norm_matches(
+      {torch::kFloat32, torch::kBFloat16, torch::kFloat32, Precision::kBf16, /*rtol=*/1e-2});
+}
+
+TEST_F(CudaTest, FusedAddNormMatchesTheReferenceForAnFp16BranchUnderFp16Autocast) {
+  expect_fused_add_norm_matches(
+      {torch::kFloat32, torch::kHalf, torch::kFloat32, Precision::kFp16, /*rtol=*/1e-2});
+}
+
+TEST_F(CudaTest, FusedAddNormMatchesTheReferenceInPureFp16AndBf16) {
+  expect_fused_add_norm_matches(
+      {torch::kHalf, torch::kHalf, torch::kHalf, Precision::kFp32, /*rtol=*/1e-2});
+  expect_fused_add_norm_matches(
+      {torch::kBFloat16, torch::kBFloat16, torch::kBFloat16, Precision::kFp32, /*rtol=*/2e-2});
+}
+
+TEST_F(CudaTest, FusedAddNormWithoutAGradientForTheSumMatchesTheReference) {
+  const FusedNormCase c{torch::kFloat32, torch::kBFloat16, torch::kFloat32, Precision::kBf16, 1e-2};
+  for (bool rms : {false, true}) {
+    const FusedNormRun k = run_fused_add_norm(c, rms, /*rows=*/7, /*C=*/768, true, false);
+    const FusedNormRun r = run_fused_add_norm(c, rms, /*rows=*/7, /*C=*/768, false, false);
+    EXPECT_TRUE(fused_kernel_close(k.grad_residual, r.grad_residual, c.rtol)) << rms;
+    EXPECT_TRUE(fused_kernel_close(k.grad_branch, r.grad_branch, c.rtol)) << rms;
+    EXPECT_TRUE(fused_kernel_close(k.grad_weight, r.grad_weight, c.rtol)) << rms;
+  }
+}
+
+TEST_F(CudaTest, FusedAddNormTakesTheKernelPathOnTheGpu) {
+  // The kernel's output comes from a custom autograd function, the reference's from layer_norm.
+  const FusedNormCase c{torch::kFloat32, torch::kFloat32, torch::kFloat32, Precision::kFp32, 0};
+  const FusedNormRun k = run_fused_add_norm(c, /*rms=*/false, 7, 64, /*use_kernel=*/true, true);
+  const FusedNormRun r = run_fused_add_norm(c, /*rms=*/false, 7, 64, /*use_kernel=*/false, true);
+  ASSERT_TRUE(k.normed.grad_fn() && r.normed.grad_fn());
+  EXPECT_NE(k.normed.grad_fn()->name(), r.normed.grad_fn()->name());
+}
+
+TEST_F(CudaTest, FusedBiasGeluMatchesTheReferenceInFp32Bf16AndFp16) {
+  expect_fused_bias_gelu_matches(torch::kFloat32, /*rtol=*/1e-5);
+  expect_fused_bias_gelu_matches(torch::kBFloat16, /*rtol=*/1e-2);
+  expect_fused_bias_gelu_matches(torch::kHalf, /*rtol=*/1e-2);
+}
+
+TEST_F(CudaTest, FusedAddNormTakesUpTo16384ChannelsAndFallsBackBeyond) {
+  const FusedNormCase c{torch::kFloat32, torch::kBFloat16, torch::kFloat32, Precision::kBf16, 1e-2};
+  for (bool rms : {false, true}) {
+    const FusedNormRun k = run_fused_add_norm(c, rms, /*rows=*/33, /*C=*/16384, true, true);
+    const FusedNormRun r = run_fused_add_norm(c, rms, /*rows=*/33, /*C=*/16384, false, true);
+    EXPECT_TRUE(fused_kernel_close(k.normed, r.normed, c.rtol)) << rms;
+    EXPECT_TRUE(fused_kernel_close(k.grad_residual, r.grad_residual, c.rtol)) << rms;
+    EXPECT_TRUE(fused_kernel_close(k.grad_branch, r.grad_branch, c.rtol)) << rms;
+    EXPECT_TRUE(fused_kernel_close(k.grad_weight, r.grad_weight, c.rtol)) << rms;
+    // One channel more than a block holds: the reference path, asked for the kernel or not.
+    const FusedNormRun wide = run_fused_add_norm(c, rms, /*rows=*/3, /*C=*/16385, true, true);
+    const FusedNormRun plain = run_fused_add_norm(c, rms, /*rows=*/3, /*C=*/16385, false, true);
+    EXPECT_EQ(wide.normed.grad_fn()->name(), plain.normed.grad_fn()->name());
+    EXPECT_TRUE(torch::equal(wide.normed, plain.normed));
+  }
 }

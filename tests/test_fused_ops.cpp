@@ -1,0 +1,239 @@
+// The reference paths of the fused ops (src/model/fused_ops.cpp) on the CPU against formulas
+// written out here: residual add + LayerNorm / RMSNorm (Llama) and bias + GELU, forward and every
+// gradient, in fp32 and under CPU bf16 autocast. The CUDA kernels are compared with these paths on
+// a GPU in tests/cuda/test_cuda.cpp.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+#include "lmtune/model/fused_ops.h"
+#include "lmtune/train/precision.h"
+
+using lmtune::AddNormResult;
+using lmtune::NormWeights;
+
+namespace {
+
+constexpr double kFusedEps = 1e-5;
+
+// |actual - expected| <= rtol * (|expected| + max |expected|) everywhere, with the same dtype.
+testing::AssertionResult fused_close(const torch::Tensor& actual, const torch::Tensor& expected,
+                                     double rtol) {
+  if (!actual.defined() || !expected.defined()) {
+    return testing::AssertionFailure() << "undefined tensor";
+  }
+  if (actual.scalar_type() != expected.scalar_type()) {
+    return testing::AssertionFailure()
+           << "dtype " << actual.scalar_type() << ", expected " << expected.scalar_type();
+  }
+  const torch::Tensor a = actual.to(torch::kFloat64), e = expected.to(torch::kFloat64);
+  const double scale = e.abs().max().item<double>();
+  const double excess = ((a - e).abs() - rtol * (e.abs() + scale)).max().item<double>();
+  if (excess <= 0) return testing::AssertionSuccess();
+  return testing::AssertionFailure()
+         << "differs by up to " << (a - e).abs().max().item<double>() << " at a scale of " << scale;
+}
+
+// Leaf tensors of an add + norm, each requiring its gradient: residual and branch (4, 6, C).
+struct FusedInputs {
+  torch::Tensor residual, branch, weight, bias;
+};
+
+FusedInputs fused_inputs(int64_t C, torch::Dtype branch_dtype, bool with_bias) {
+  torch::manual_seed(11);
+  FusedInputs in;
+  in.residual = torch::randn({4, 6, C}).requires_grad_();
+  // An offset mean, so that LayerNorm's centring matters.
+  in.branch = (0.5 * torch::randn({4, 6, C}) + 0.7).to(branch_dtype).requires_grad_();
+  in.weight = (1 + 0.3 * torch::randn({C})).requires_grad_();
+  if (with_bias) in.bias = (0.2 * torch::randn({C})).requires_grad_();
+  return in;
+}
+
+FusedInputs fused_copy(const FusedInputs& in) {
+  FusedInputs out;
+  out.residual = in.residual.detach().clone().requires_grad_();
+  out.branch = in.branch.detach().clone().requires_grad_();
+  out.weight = in.weight.detach().clone().requires_grad_();
+  if (in.bias.defined()) out.bias = in.bias.detach().clone().requires_grad_();
+  return out;
+}
+
+// The norm written out in fp32: LayerNorm (s - mean) / sqrt(var + eps) * w + b, or Llama's
+// RMSNorm w * (s / sqrt(mean(s^2) + eps)).to(s's dtype); then to `out_dtype`.
+torch::Tensor written_out_norm(const torch::Tensor& sum, const FusedInputs& in, bool rms,
+                               torch::Dtype out_dtype) {
+  const torch::Tensor s = sum.to(torch::kFloat32);
+  if (rms) {
+    const torch::Tensor h = s / torch::sqrt((s * s).mean(-1, /*keepdim=*/true) + kFusedEps);
+    return (in.weight * h.to(sum.scalar_type())).to(out_dtype);
+  }
+  const torch::Tensor mean = s.mean(-1, /*keepdim=*/true);
+  const torch::Tensor var = ((s - mean) * (s - mean)).mean(-1, /*keepdim=*/true);
+  return ((s - mean) / torch::sqrt(var + kFusedEps) * in.weight + in.bias).to(out_dtype);
+}
+
+// Backward of normed . grad_normed + sum . grad_sum, with fixed random output gradients.
+void fused_backward(const AddNormResult& r) {
+  torch::manual_seed(12);
+  const torch::Tensor grad_normed = torch::randn(r.normed.sizes()).to(r.normed.scalar_type());
+  const torch::Tensor grad_sum = torch::randn(r.sum.sizes()).to(r.sum.scalar_type());
+  torch::autograd::backward({r.normed, r.sum}, {grad_normed, grad_sum});
+}
+
+void expect_grads_close(const FusedInputs& actual, const FusedInputs& expected, double rtol) {
+  EXPECT_TRUE(fused_close(actual.residual.grad(), expected.residual.grad(), rtol)) << "residual";
+  EXPECT_TRUE(fused_close(actual.branch.grad(), expected.branch.grad(), rtol)) << "branch";
+  EXPECT_TRUE(fused_close(actual.weight.grad(), expected.weight.grad(), rtol)) << "weight";
+  if (expected.bias.defined()) {
+    EXPECT_TRUE(fused_close(actual.bias.grad(), expected.bias.grad(), rtol)) << "bias";
+  }
+}
+
+// The reference path against the written-out norm, forward and gradients, in fp32.
+void check_fp32_add_norm(bool rms) {
+  const FusedInputs in = fused_inputs(/*C=*/40, torch::kFloat32, /*with_bias=*/!rms);
+  const FusedInputs expected = fused_copy(in);
+  const AddNormResult r =
+      lmtune::add_norm(in.residual, in.branch, {in.weight, in.bias, kFusedEps, rms},
+                       /*use_kernel=*/false);
+  const torch::Tensor sum = expected.residual + expected.branch;
+  const AddNormResult e{sum, written_out_norm(sum, expected, rms, torch::kFloat32)};
+  EXPECT_TRUE(torch::equal(r.sum, e.sum));
+  EXPECT_TRUE(fused_close(r.normed, e.normed, 1e-5));
+  fused_backward(r);
+  fused_backward(e);
+  expect_grads_close(in, expected, 1e-5);
+}
+
+TEST(FusedOps, LayerNormAfterTheAddEqualsTheWrittenOutFormulaWithEveryGradient) {
+  check_fp32_add_norm(/*rms=*/false);
+}
+
+TEST(FusedOps, RmsNormAfterTheAddEqualsLlamasFormulaWithEveryGradient) {
+  check_fp32_add_norm(/*rms=*/true);
+}
+
+TEST(FusedOps, LayerNormAgreesWithTorchLayerNormOfTheSum) {
+  const FusedInputs in = fused_inputs(/*C=*/24, torch::kFloat32, /*with_bias=*/true);
+  const AddNormResult r = lmtune::add_norm(
+      in.residual, in.branch, {in.weight, in.bias, kFusedEps, /*rms=*/false}, /*use_kernel=*/false);
+  const torch::Tensor expected =
+      torch::layer_norm(in.residual + in.branch, {24}, in.weight, in.bias, kFusedEps);
+  EXPECT_TRUE(fused_close(r.normed, expected, 1e-5));
+}
+
+// fp32 residual + bf16 branch under CPU bf16 autocast: the sum stays fp32, normed comes out bf16.
+void check_autocast_add_norm(bool rms) {
+  const FusedInputs in = fused_inputs(/*C=*/64, torch::kBFloat16, /*with_bias=*/!rms);
+  const FusedInputs expected = fused_copy(in);
+  AddNormResult r;
+  {
+    lmtune::AutocastScope autocast(lmtune::Precision::kBf16, torch::kCPU);
+    r = lmtune::add_norm(in.residual, in.branch, {in.weight, in.bias, kFusedEps, rms},
+                         /*use_kernel=*/false);
+  }
+  EXPECT_EQ(r.sum.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(r.normed.scalar_type(), torch::kBFloat16);
+  const torch::Tensor sum = expected.residual + expected.branch;
+  const AddNormResult e{sum, written_out_norm(sum, expected, rms, torch::kBFloat16)};
+  EXPECT_TRUE(torch::equal(r.sum, e.sum));
+  EXPECT_TRUE(fused_close(r.normed, e.normed, 1e-2));  // a bf16 rounding step apart at most
+  fused_backward(r);
+  fused_backward(e);
+  expect_grads_close(in, expected, 1e-2);
+  EXPECT_EQ(in.branch.grad().scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(in.weight.grad().scalar_type(), torch::kFloat32);
+}
+
+TEST(FusedOps, LayerNormUnderBf16AutocastGivesBf16NormedAndTheFormulasGradients) {
+  check_autocast_add_norm(/*rms=*/false);
+}
+
+TEST(FusedOps, RmsNormUnderBf16AutocastGivesBf16NormedAndTheFormulasGradients) {
+  check_autocast_add_norm(/*rms=*/true);
+}
+
+TEST(FusedOps, AskingForTheKernelOnTheCpuTakesTheReferencePath) {
+  for (bool rms : {false, true}) {
+    const FusedInputs in = fused_inputs(/*C=*/32, torch::kFloat32, /*with_bias=*/!rms);
+    const FusedInputs other = fused_copy(in);
+    const AddNormResult a = lmtune::add_norm(
+        in.residual, in.branch, {in.weight, in.bias, kFusedEps, rms}, /*use_kernel=*/true);
+    const AddNormResult b = lmtune::add_norm(other.residual, other.branch,
+                                             {other.weight, other.bias, kFusedEps, rms}, false);
+    EXPECT_TRUE(torch::equal(a.sum, b.sum));
+    EXPECT_TRUE(torch::equal(a.normed, b.normed));
+    fused_backward(a);
+    fused_backward(b);
+    expect_grads_close(in, other, /*rtol=*/0);
+  }
+  const torch::Tensor x = torch::randn({3, 8}), bias = torch::randn({8});
+  EXPECT_TRUE(torch::equal(lmtune::bias_gelu(x, bias, /*tanh=*/true, /*use_kernel=*/true),
+                           lmtune::bias_gelu(x, bias, /*tanh=*/true, /*use_kernel=*/false)));
+}
+
+TEST(FusedOps, RmsNormRefusesABias) {
+  const FusedInputs in = fused_inputs(/*C=*/8, torch::kFloat32, /*with_bias=*/true);
+  const NormWeights rms_with_bias{in.weight, in.bias, kFusedEps, /*rms=*/true};
+  EXPECT_THROW(lmtune::add_norm(in.residual, in.branch, rms_with_bias, false), c10::Error);
+}
+
+// gelu written out: erf form 0.5 z (1 + erf(z / sqrt 2)); tanh form
+// 0.5 z (1 + tanh(sqrt(2 / pi) (z + 0.044715 z^3))).
+torch::Tensor written_out_gelu(const torch::Tensor& z, bool tanh) {
+  if (tanh) {
+    return 0.5 * z *
+           (1 + torch::tanh(std::sqrt(2 / 3.14159265358979323846) * (z + 0.044715 * z * z * z)));
+  }
+  return 0.5 * z * (1 + torch::erf(z / std::sqrt(2.0)));
+}
+
+TEST(FusedOps, BiasGeluEqualsGeluOfTheSumWithBothApproximationsAndItsGradients) {
+  for (bool tanh : {false, true}) {
+    torch::manual_seed(13);
+    const torch::Tensor x = torch::randn({5, 3, 24}).mul(2).requires_grad_();
+    const torch::Tensor bias = torch::randn({24}).requires_grad_();
+    const torch::Tensor x2 = x.detach().clone().requires_grad_();
+    const torch::Tensor bias2 = bias.detach().clone().requires_grad_();
+    const torch::Tensor y = lmtune::bias_gelu(x, bias, tanh, /*use_kernel=*/false);
+    const torch::Tensor expected = torch::gelu(x2 + bias2, tanh ? "tanh" : "none");
+    EXPECT_TRUE(fused_close(y, expected, 1e-6)) << "tanh " << tanh;
+    EXPECT_TRUE(fused_close(y, written_out_gelu(x2.detach() + bias2.detach(), tanh), 1e-6));
+    const torch::Tensor grad = torch::randn(y.sizes());
+    y.backward(grad);
+    expected.backward(grad);
+    EXPECT_TRUE(fused_close(x.grad(), x2.grad(), 1e-6)) << "tanh " << tanh;
+    EXPECT_TRUE(fused_close(bias.grad(), bias2.grad(), 1e-6)) << "tanh " << tanh;
+  }
+  // The two approximations differ, so the flag reaches the formula.
+  const torch::Tensor z = torch::full({1, 1}, 1.5), zero = torch::zeros({1});
+  EXPECT_GT((lmtune::bias_gelu(z, zero, true, false) - lmtune::bias_gelu(z, zero, false, false))
+                .abs()
+                .item<double>(),
+            1e-5);
+}
+
+TEST(FusedOps, BiasGeluOfBf16InputRoundsTheBiasToBf16AndAnswersInBf16) {
+  torch::manual_seed(14);
+  const torch::Tensor x = torch::randn({6, 16}).to(torch::kBFloat16);
+  const torch::Tensor bias = torch::randn({16}) * 1.001;  // fp32, not a bf16 number
+  const torch::Tensor y = lmtune::bias_gelu(x, bias, /*tanh=*/false, /*use_kernel=*/false);
+  EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+  const torch::Tensor z = x.to(torch::kFloat32) + bias.to(torch::kBFloat16).to(torch::kFloat32);
+  EXPECT_TRUE(torch::equal(y, written_out_gelu(z, false).to(torch::kBFloat16)));
+  // With the bias unrounded some outputs would round differently.
+  const torch::Tensor unrounded = written_out_gelu(x.to(torch::kFloat32) + bias, false);
+  EXPECT_FALSE(torch::equal(y, unrounded.to(torch::kBFloat16)));
+}
+
+TEST(FusedOps, TheKernelsAreCompiledWhereLibTorchHasCuda) {
+#ifdef LMTUNE_WITH_CUDA
+  EXPECT_TRUE(lmtune::fused_kernels_compiled());
+#else
+  EXPECT_FALSE(lmtune::fused_kernels_compiled());
+#endif
+}
+
+}  // namespace
