@@ -452,9 +452,11 @@ void Trainer::setup_memory_levers() {
                            : "train.fused_kernels: on; the CPU runs the same maths as plain "
                              "operations");
   use_attention_backend(train.attention_backend);
-  if (train.attention_backend != AttentionBackend::kAuto)
+  if (train.attention_backend == AttentionBackend::kMath)
+    progress_->message("train.attention_backend: math: LibTorch's unfused attention only");
+  else if (train.attention_backend != AttentionBackend::kAuto)
     progress_->message(
-        fmt::format("train.attention_backend: {} first", enum_name(train.attention_backend)));
+        fmt::format("train.attention_backend: {} tried first", enum_name(train.attention_backend)));
   if (train.fused_clipping)
     progress_->message("train.fused_clipping: clipping inside the fused AdamW kernel");
   if (train.precision == Precision::kFp16)
