@@ -466,7 +466,9 @@ void expect_fused_add_norm_matches(const FusedNormCase& c) {
         EXPECT_TRUE(fused_kernel_close(k.grad_residual, r.grad_residual, c.rtol)) << "residual";
         EXPECT_TRUE(fused_kernel_close(k.grad_branch, r.grad_branch, c.rtol)) << "branch";
         EXPECT_TRUE(fused_kernel_close(k.grad_weight, r.grad_weight, c.rtol)) << "weight";
-        if (!rms) EXPECT_TRUE(fused_kernel_close(k.grad_bias, r.grad_bias, c.rtol)) << "bias";
+        if (!rms) {
+          EXPECT_TRUE(fused_kernel_close(k.grad_bias, r.grad_bias, c.rtol)) << "bias";
+        }
       }
     }
   }
