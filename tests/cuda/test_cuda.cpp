@@ -22,6 +22,7 @@
 #include "lmtune/train/memory.h"
 #include "lmtune/train/optim.h"
 #include "lmtune/train/precision.h"
+#include "lmtune/train/training_step.h"
 
 using lmtune::GPT2;
 using lmtune::Precision;
@@ -565,4 +566,66 @@ TEST_F(CudaTest, FusedAddNormTakesUpTo16384ChannelsAndFallsBackBeyond) {
     EXPECT_EQ(wide.normed.grad_fn()->name(), plain.normed.grad_fn()->name());
     EXPECT_TRUE(torch::equal(wide.normed, plain.normed));
   }
+}
+
+// train.fused_kernels in whole models on the GPU: GPT-2 (add + LayerNorm, bias + GELU) and a Llama
+// (add + RMSNorm) through the CUDA kernels give the plain blocks' loss and gradients in fp32 and
+// under bf16 autocast, and checkpointed blocks recompute through the kernels to the same result.
+TEST_F(CudaTest, FusedKernelBlocksGiveThePlainBlocksLossAndGradients) {
+  for (bool llama : {false, true}) {
+    SCOPED_TRACE(llama ? "llama" : "gpt2");
+    lmtune::CausalLM model = llama ? lmtune::CausalLM(tiny_llama(kCuda))
+                                   : lmtune::CausalLM(tiny_model(/*dropout=*/0.0, kCuda));
+    auto step = [&](bool fused, Precision precision) {
+      model->set_fused_kernels(fused);
+      model->zero_grad();
+      return train_step(model, precision, kCuda);
+    };
+    for (Precision precision : {Precision::kFp32, Precision::kBf16}) {
+      SCOPED_TRACE(lmtune::enum_name(precision));
+      const StepResult plain = step(false, precision);
+      const StepResult fused = step(true, precision);
+      const double tolerance = precision == Precision::kFp32 ? 1e-5 : 2e-2;
+      EXPECT_NEAR(fused.loss, plain.loss, tolerance * std::abs(plain.loss));
+      expect_close_grads_by_norm(fused, plain, tolerance);
+    }
+    const StepResult fused = step(true, Precision::kBf16);
+    model->set_gradient_checkpointing(1);
+    const StepResult checkpointed = step(true, Precision::kBf16);
+    model->set_gradient_checkpointing(0);
+    EXPECT_EQ(checkpointed.loss, fused.loss);
+    expect_close_grads(checkpointed, fused, 0, 1e-5);
+  }
+}
+
+// train.fused_clipping on the GPU with the fp16 loss scaler: the fused AdamW divides by scale /
+// clip coefficient as it reads the gradients, and the weights and moments come out as with the
+// scaler's unscale pass and separate clipping.
+TEST_F(CudaTest, FusedClippingWithTheFp16ScalerMatchesSeparatePasses) {
+  auto run = [&](bool fused_clipping) {
+    GPT2 model = tiny_model(/*dropout=*/0.0, kCuda);
+    lmtune::AdamW optimizer(lmtune::decay_groups(*model, 0.1), lmtune::AdamWOptions{});
+    lmtune::LossScaler scaler(/*init_scale=*/1024, /*growth_interval=*/1000, /*backoff=*/0.5,
+                              kCuda);
+    lmtune::TrainingStep step(model, optimizer,
+                              lmtune::StepSettings{Precision::kFp16, kCuda, 0,
+                                                   /*max_grad_norm=*/0.05, fused_clipping},
+                              &scaler);
+    std::vector<double> norms;
+    for (int i = 0; i < 3; ++i) {
+      torch::manual_seed(11);
+      norms.push_back(step.run({tiny_batch()}, /*lr=*/1e-3).grad_norm.item<double>());
+    }
+    std::map<std::string, torch::Tensor> weights;
+    for (const auto& p : model->named_parameters()) weights[p.key()] = p.value().detach().cpu();
+    return std::make_pair(norms, weights);
+  };
+  auto [separate_norms, separate] = run(false);
+  auto [fused_norms, fused] = run(true);
+  for (std::size_t i = 0; i < separate_norms.size(); ++i) {
+    EXPECT_GT(separate_norms[i], 0.05);  // clipping acts
+    EXPECT_NEAR(fused_norms[i], separate_norms[i], 1e-4 * separate_norms[i]);
+  }
+  for (const auto& [name, weight] : separate)
+    EXPECT_TRUE(torch::allclose(fused.at(name), weight, /*rtol=*/1e-4, /*atol=*/1e-6)) << name;
 }
