@@ -5,13 +5,13 @@
 # peaks the GPU measures. One JSON line per run in OUT/perf.jsonl; Markdown tables at the end.
 # Sections, run in the order given:
 #   gpt2     GPT-2 124M, seq 1024, batch 16, bf16 (the trainer's defaults)
-#   pad      the same with --vocab-padding 64 (train.vocab_padding: the output head's odd
-#            vocabulary padded for the GPU's fast matrix kernels)
+#   pad      the same with --vocab-padding 1: the output head on GPT-2's odd vocabulary as it is
+#            (train.vocab_padding pads it to a multiple of 64 by default on a GPU)
 #   llama    a Llama 3.2 1B shape, seq 1024, batch 4, bf16, full fine-tuning
 #   lora     the same shape with LoRA r 16 on every linear layer over a bf16-autocast fp32 base
 #            and an nf4 base (PEFT's peer: the fp32 base; bitsandbytes is not on the GPU machine)
 #   levers   the speed switches of issue 19 at the gpt2 shape, each alone and all together
-#            (--fused-kernels, --fused-clipping, --attention-backend cudnn, --vocab-padding 64),
+#            (--fused-kernels, --fused-clipping, --attention-backend cudnn),
 #            and all of them at the llama shape; the cases compare with `gpt2` and `llama`
 #   profile  `lmtune bench --profile` of 3 steps of the gpt2 and llama shapes, ranked by
 #            scripts/profile_table.py into OUT/profile-*.md (traces in OUT/profile-*/)
@@ -66,7 +66,7 @@ for section in ${SECTIONS:-gpt2 pad llama levers lora profile plan}; do
       record "$section-peer" "${peer[@]}" "${shape[@]}" "${common[@]}"
       ;;
     pad)
-      record gpt2-pad64 "$lmtune" bench --device cuda "${gpt2[@]}" "${common[@]}" --vocab-padding 64
+      record gpt2-unpadded "$lmtune" bench --device cuda "${gpt2[@]}" "${common[@]}" --vocab-padding 1
       ;;
     levers)
       all_levers=(--fused-kernels --fused-clipping --attention-backend cudnn)
@@ -75,7 +75,7 @@ for section in ${SECTIONS:-gpt2 pad llama levers lora profile plan}; do
         record "gpt2-lever${lever// /-}" "$lmtune" bench --device cuda "${gpt2[@]}" "${common[@]}" $lever
       done
       record gpt2-levers-all "$lmtune" bench --device cuda "${gpt2[@]}" "${common[@]}" \
-        "${all_levers[@]}" --vocab-padding 64
+        "${all_levers[@]}"
       record llama-levers-all "$lmtune" bench --device cuda "${llama[@]}" "${common[@]}" \
         "${all_levers[@]}"
       ;;

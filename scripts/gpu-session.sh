@@ -2,8 +2,7 @@
 # One bounded call's worth of GPU checks, for a lent GPU machine where nothing can be installed
 # and at most ten minutes and a few files come back: unpacks the carried Debian build
 # dependencies, builds lmtune and its cuda tests (scripts/gpu-check.sh), runs the GoogleTest cuda
-# cases, times the speed switches of docs/benchmarks.md ("Speed switches waiting for a GPU")
-# with `lmtune bench`, then runs the end-to-end cuda tests in the time left. Every stage has its
+# cases, times the speed switches of docs/benchmarks.md ("Speed switches") with `lmtune bench`, then runs the end-to-end cuda tests in the time left. Every stage has its
 # own time limit, so a slow one cannot take the others' results with it; each writes one log
 # into OUT as soon as it ends.
 #
@@ -11,6 +10,10 @@
 # Environment: DEBS (the .deb files, default .devdeps/debs), SHARED (the shared test data,
 #              default .devdeps/shared), BUDGET (seconds for everything, default 570),
 #              TORCH_CUDA_ARCH_LIST (default 9.0: the H100/H200 alone, for a shorter build).
+# The .deb files are made on a Debian 12 machine with `apt-get download` of the libraries of
+# scripts/install-deps.sh and what they need (libpcre2-dev, libicu-dev, libsentencepiece-dev,
+# nlohmann-json3-dev, libyaml-cpp-dev, libcli11-dev, libgloo-dev, libspdlog-dev, libfmt-dev,
+# libgtest-dev, pkgconf and their runtime libraries); the shared data is ../shared/data.
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -63,12 +66,11 @@ print(json.dumps(r))' "$name" "$line" | tee -a "$out/bench.jsonl"
   fi
 }
 bench gpt2 "${gpt2[@]}"
+bench gpt2-unpadded "${gpt2[@]}" --vocab-padding 1
 bench gpt2-fused-kernels "${gpt2[@]}" --fused-kernels
 bench gpt2-fused-clipping "${gpt2[@]}" --fused-clipping
 bench gpt2-cudnn-attention "${gpt2[@]}" --attention-backend cudnn
-bench gpt2-vocab-padding "${gpt2[@]}" --vocab-padding 64
-bench gpt2-all "${gpt2[@]}" --fused-kernels --fused-clipping --attention-backend cudnn \
-  --vocab-padding 64
+bench gpt2-all "${gpt2[@]}" --fused-kernels --fused-clipping --attention-backend cudnn
 bench llama "${llama[@]}"
 bench llama-all "${llama[@]}" --fused-kernels --fused-clipping --attention-backend cudnn
 python3 - "$out/bench.jsonl" <<'PY' 2>/dev/null | tee "$out/bench.md"

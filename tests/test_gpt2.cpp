@@ -95,7 +95,7 @@ TEST_F(GPT2Test, VocabPaddingGivesTheSameLogitsLossAndGradients) {
   };
   for (bool tied : {true, false}) {
     const auto [plain, plain_grads] = run(0, tied);
-    for (int64_t padding : {64, 17, 10}) {  // 10 divides 50: no padding at all
+    for (int64_t padding : {64, 17, 10, 1}) {  // 10 divides 50, and 1 everything: no padding
       const auto [padded, padded_grads] = run(padding, tied);
       ASSERT_EQ(padded.sizes(), plain.sizes());
       EXPECT_TRUE(torch::allclose(padded, plain, 1e-6, 1e-6)) << padding;

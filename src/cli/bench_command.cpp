@@ -51,8 +51,8 @@ void add_shape_options(CLI::App& command, BenchOptions& o) {
       ->capture_default_str();
   command
       .add_option("--vocab-padding", o.vocab_padding,
-                  "Pad the output head's vocabulary to a multiple of this (plain loss; 0 = off), "
-                  "as train.vocab_padding")
+                  "Pad the output head's vocabulary to a multiple of this (plain loss), as "
+                  "train.vocab_padding: 0 = auto (64 on a GPU, none on the CPU), 1 = none")
       ->check(at_least(0))
       ->capture_default_str();
   command.add_option("--profile", o.profile_dir,

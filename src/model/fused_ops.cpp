@@ -84,6 +84,8 @@ bool bias_gelu_kernel_takes(const torch::Tensor& x, const torch::Tensor& bias) {
 }
 
 // Saved: sum, weight, mean (LayerNorm), rstd. grads: (sum, normed), either may be undefined.
+// `bias` is an empty tensor when there is none (RMSNorm): Function::apply records the device of
+// every tensor argument, which an undefined tensor does not have.
 class AddNormFunction : public torch::autograd::Function<AddNormFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& residual,
@@ -91,8 +93,8 @@ class AddNormFunction : public torch::autograd::Function<AddNormFunction> {
                                const torch::Tensor& bias, double eps, bool rms,
                                at::ScalarType normed_dtype) {
     ctx->set_materialize_grads(false);
-    const torch::Tensor bias32 =
-        bias.defined() ? bias.to(torch::kFloat32).contiguous() : torch::Tensor();
+    const bool has_bias = bias.numel() > 0;
+    const torch::Tensor bias32 = has_bias ? bias.to(torch::kFloat32).contiguous() : torch::Tensor();
     fused_cuda::AddNormSaved out = fused_cuda::add_norm_forward(
         residual.contiguous(), branch.contiguous(), weight.to(torch::kFloat32).contiguous(), bias32,
         eps, rms, normed_dtype);
@@ -101,7 +103,7 @@ class AddNormFunction : public torch::autograd::Function<AddNormFunction> {
     ctx->saved_data["residual_dtype"] = static_cast<int64_t>(residual.scalar_type());
     ctx->saved_data["branch_dtype"] = static_cast<int64_t>(branch.scalar_type());
     ctx->saved_data["bias_dtype"] =
-        static_cast<int64_t>(bias.defined() ? bias.scalar_type() : at::ScalarType::Undefined);
+        static_cast<int64_t>(has_bias ? bias.scalar_type() : at::ScalarType::Undefined);
     ctx->saved_data["normed_dtype"] = static_cast<int64_t>(normed_dtype);
     return {out.sum, out.normed};
   }
@@ -186,7 +188,9 @@ AddNormResult add_norm(const torch::Tensor& residual, const torch::Tensor& branc
       residual.device().type(), c10::promoteTypes(residual.scalar_type(), branch.scalar_type()));
 #ifdef LMTUNE_WITH_CUDA
   if (use_kernel && add_norm_kernel_takes(residual, branch, norm, normed_dtype)) {
-    variable_list out = AddNormFunction::apply(residual, branch, norm.weight, norm.bias, norm.eps,
+    const torch::Tensor bias =
+        norm.bias.defined() ? norm.bias : torch::empty({0}, norm.weight.options());
+    variable_list out = AddNormFunction::apply(residual, branch, norm.weight, bias, norm.eps,
                                                norm.rms, normed_dtype);
     return {out[0], out[1]};
   }

@@ -201,7 +201,7 @@ BenchResult run_bench(const BenchOptions& o) {
     lora.target_modules = {"all-linear"};
     attach_lora(*model, lora);
   }
-  model->set_vocab_padding(o.vocab_padding);
+  model->set_vocab_padding(resolve_vocab_padding(o.vocab_padding, device));
   model->set_fused_kernels(o.fused_kernels);
   use_attention_backend(o.attention_backend);
   model->to(device);
@@ -234,6 +234,7 @@ BenchResult run_bench(const BenchOptions& o) {
   const HostCacheStats cache_after = host_cache_stats();
 
   result.loss_chunk_tokens = step.settings().loss_chunk_tokens;
+  result.vocab_padding = model->vocab_padding();
   result.peak_memory_mb = peak_memory_mb(device);  // of the steps: reset after the setup
   result.host_cache = host_cache_installed();
   const int64_t hits = cache_after.hits - cache_before.hits;
@@ -273,7 +274,7 @@ nlohmann::json bench_json(const BenchOptions& o, const BenchResult& r) {
           {"warmup", o.warmup},
           {"parameters", r.parameters},
           {"loss_chunk_tokens", r.loss_chunk_tokens},
-          {"vocab_padding", o.vocab_padding},
+          {"vocab_padding", r.vocab_padding},
           {"fused_kernels", o.fused_kernels},
           {"fused_clipping", o.fused_clipping},
           {"attention_backend", enum_name(o.attention_backend)},

@@ -73,6 +73,11 @@ int64_t resolve_loss_chunk_tokens(const TrainConfig& train, int64_t seq_len, int
   return train.loss_chunk_tokens;
 }
 
+int64_t resolve_vocab_padding(int64_t setting, torch::Device device) {
+  if (setting != kAutoVocabPadding) return setting;
+  return device.is_cuda() ? kGpuVocabPadding : 0;
+}
+
 std::vector<double> window_losses(const CausalLM& model, const TokenSplit& split,
                                   torch::Device device) {
   torch::NoGradGuard no_grad;

@@ -153,7 +153,7 @@ BuiltModel build_model(const Config& config, const Tokenizer& tokenizer, torch::
     trim_host_cache();  // the fp32 weights are gone: their memory goes back to the system
   }
   if (config.lora.enabled) built.adapter = attach_adapters(config, *model);
-  model->set_vocab_padding(config.train.vocab_padding);
+  model->set_vocab_padding(resolve_vocab_padding(config.train.vocab_padding, device));
   model->to(device);
   return built;
 }

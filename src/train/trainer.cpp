@@ -443,6 +443,15 @@ void Trainer::setup_memory_levers() {
   if (loss_chunk_tokens_ > 0)
     progress_->message(fmt::format("chunked loss: {} tokens per chunk (train.chunked_loss: {})",
                                    loss_chunk_tokens_, enum_name(train.chunked_loss)));
+  if (loss_chunk_tokens_ == 0 && model_->vocab_padding() > 1) {
+    const int64_t V = model_->spec().vocab_size, multiple = model_->vocab_padding();
+    const int64_t rows = (V + multiple - 1) / multiple * multiple;
+    if (rows != V)
+      progress_->message(fmt::format(
+          "train.vocab_padding: the output head projects onto {} rows for the {} of the "
+          "vocabulary (a multiple of {})",
+          rows, V, multiple));
+  }
   // The speed levers of issue 19's kind: opt-in until measured on a GPU.
   model_->set_fused_kernels(train.fused_kernels);
   if (train.fused_kernels)

@@ -7,6 +7,8 @@
 // bias + GELU kernels against their reference paths.
 #include <gtest/gtest.h>
 
+#include <iostream>
+
 #include <torch/cuda.h>
 
 #include "../tiny_gpt2.h"
@@ -599,8 +601,11 @@ TEST_F(CudaTest, FusedKernelBlocksGiveThePlainBlocksLossAndGradients) {
 }
 
 // train.fused_clipping on the GPU with the fp16 loss scaler: the fused AdamW divides by scale /
-// clip coefficient as it reads the gradients, and the weights and moments come out as with the
-// scaler's unscale pass and separate clipping.
+// clip coefficient as it reads the gradients, and the weights come out as with the scaler's
+// unscale pass and separate clipping. GPU backward is not bit-reproducible (atomics), and Adam
+// turns the smallest gradient differences into update differences (a 2026-11-30 H200 run failed
+// a fixed 1e-4 tolerance on most weights), so the bound is the spread of two identical separate
+// runs, plus a floor for the fold's own rounding.
 TEST_F(CudaTest, FusedClippingWithTheFp16ScalerMatchesSeparatePasses) {
   auto run = [&](bool fused_clipping) {
     GPT2 model = tiny_model(/*dropout=*/0.0, kCuda);
@@ -616,16 +621,30 @@ TEST_F(CudaTest, FusedClippingWithTheFp16ScalerMatchesSeparatePasses) {
       torch::manual_seed(11);
       norms.push_back(step.run({tiny_batch()}, /*lr=*/1e-3).grad_norm.item<double>());
     }
+    // Weights, and first moments, which are (1 - beta1) x the clipped gradients: they show the
+    // clipping that Adam's update, nearly blind to a gradient's scale, would hide.
     std::map<std::string, torch::Tensor> weights;
     for (const auto& p : model->named_parameters()) weights[p.key()] = p.value().detach().cpu();
+    for (const auto& state : optimizer.state())
+      weights["moment:" + state.name] = state.exp_avg.cpu();
     return std::make_pair(norms, weights);
   };
   auto [separate_norms, separate] = run(false);
+  auto [again_norms, again] = run(false);
   auto [fused_norms, fused] = run(true);
   for (std::size_t i = 0; i < separate_norms.size(); ++i) {
     EXPECT_GT(separate_norms[i], 0.05);  // clipping acts
-    EXPECT_NEAR(fused_norms[i], separate_norms[i], 1e-4 * separate_norms[i]);
+    EXPECT_NEAR(fused_norms[i], separate_norms[i], 1e-3 * separate_norms[i]);
   }
-  for (const auto& [name, weight] : separate)
-    EXPECT_TRUE(torch::allclose(fused.at(name), weight, /*rtol=*/1e-4, /*atol=*/1e-6)) << name;
+  double worst_noise = 0, worst = 0;
+  for (const auto& [name, weight] : separate) {
+    const double noise = (again.at(name) - weight).abs().max().item<double>();
+    const double difference = (fused.at(name) - weight).abs().max().item<double>();
+    worst_noise = std::max(worst_noise, noise);
+    worst = std::max(worst, difference);
+    const double floor = 1e-6 * std::max(1.0, weight.abs().max().item<double>());
+    EXPECT_LE(difference, 4 * noise + floor) << name << ": two separate runs differ by " << noise;
+  }
+  std::cout << "fused clipping: largest weight difference " << worst
+            << ", between two separate runs " << worst_noise << std::endl;
 }

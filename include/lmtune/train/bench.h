@@ -60,6 +60,7 @@ struct BenchResult {
   double host_cache_hit_rate = 0;     // share of the timed steps' large CPU allocations it served
   double final_loss = 0;              // mean loss of the last step (nats per token)
   int64_t loss_chunk_tokens = 0;      // 0 = plain loss, as the trainer resolves it by default
+  int64_t vocab_padding = 0;          // the output head's padding multiple, resolved (0: none)
 };
 
 // Training FLOPs per token of `model` at `seq` tokens per sequence, as nanoGPT and PaLM count

@@ -45,6 +45,10 @@ int64_t chunked_loss_auto_bytes(torch::Device device);
 int64_t resolve_loss_chunk_tokens(const TrainConfig& train, int64_t seq_len, int64_t vocab_size,
                                   torch::Device device);
 
+// train.vocab_padding resolved on `device`: the multiple the output head's vocabulary is padded
+// to (0 or 1: none).
+int64_t resolve_vocab_padding(int64_t setting, torch::Device device);
+
 // Per window of `split`, in window order, the mean cross-entropy per target token (nats) that
 // `model` gives it in fp32, one window at a time; 0 for a window without targets.
 std::vector<double> window_losses(const CausalLM& model, const TokenSplit& split,
