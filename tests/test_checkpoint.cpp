@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "lmtune/core/config.h"
 #include "lmtune/train/checkpoint.h"
 #include "temp_dir_test.h"
 
@@ -149,4 +150,22 @@ TEST(CompareConfigs, AKeyOnlyOneSideHasIsAChange) {
   now["train"]["label_smoothing"] = 0.1;
   const auto changes = lmtune::compare_configs(saved_config(), now);
   EXPECT_EQ(changes.refused, (std::vector<std::string>{"train.label_smoothing: null -> 0.1"}));
+}
+
+// A checkpoint of an earlier lmtune recorded its config without the keys added since and with
+// older spellings (train.vocab_padding 0 before auto existed): read through today's schema it
+// resumes, and a real difference is still refused.
+TEST(CompareConfigs, AnEarlierVersionsConfigDiffersOnlyWhereItsValuesDo) {
+  const json now = lmtune::config_to_json(
+      lmtune::load_config(std::string(LMTUNE_SOURCE_DIR) + "/configs/quickstart.json"));
+  json earlier = now;
+  earlier["train"].erase("fused_kernels");
+  earlier["train"].erase("attention_backend");
+  earlier["train"]["vocab_padding"] = 0;
+  EXPECT_EQ(lmtune::compare_configs(earlier, now).refused.size(), 3u);  // as recorded
+  EXPECT_TRUE(lmtune::compare_configs(lmtune::with_current_defaults(earlier), now).refused.empty());
+  earlier["train"]["lr"] = 0.5;
+  const auto changes = lmtune::compare_configs(lmtune::with_current_defaults(earlier), now);
+  ASSERT_EQ(changes.refused.size(), 1u);
+  EXPECT_EQ(changes.refused[0].rfind("train.lr: 0.5 -> ", 0), 0u) << changes.refused[0];
 }

@@ -911,4 +911,13 @@ json config_to_json(const Config& config) {
   return writer.tree;
 }
 
+json with_current_defaults(const json& recorded) {
+  try {
+    // Its paths are absolute already: the base directory resolves nothing.
+    return config_to_json(load_config_tree(recorded, fs::path("/"), "the recorded config"));
+  } catch (const Error&) {
+    return recorded;
+  }
+}
+
 }  // namespace lmtune

@@ -375,7 +375,10 @@ void Trainer::resume() {
   fs::path dir = find_resume_checkpoint(*resume_from_);
   TrainerState saved = read_checkpoint(dir);
   accept_new_world_size(saved, dir);
-  ConfigChanges changes = compare_configs(saved.config, config_to_json(config_));
+  // Read through today's schema, a checkpoint of an earlier version differs only where its
+  // values do, not by the keys added since.
+  ConfigChanges changes =
+      compare_configs(with_current_defaults(saved.config), config_to_json(config_));
   if (!changes.refused.empty()) {
     std::vector<std::string> problems;
     for (const auto& change : changes.refused)

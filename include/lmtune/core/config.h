@@ -632,4 +632,9 @@ std::string unknown_config_key_message(const std::string& dotted_name);
 // The resolved config with every default filled in.
 nlohmann::json config_to_json(const Config& config);
 
+// A resolved config as an earlier lmtune recorded it (a checkpoint's), read through today's
+// schema: keys added since take their defaults, and values whose spelling changed are written
+// as today's (train.vocab_padding 0 as auto). Returned as it is if it no longer validates.
+nlohmann::json with_current_defaults(const nlohmann::json& recorded);
+
 }  // namespace lmtune
