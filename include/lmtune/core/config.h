@@ -367,13 +367,13 @@ struct TrainConfig {
       Field("fused_kernels",
             "On a GPU, run each residual add with the LayerNorm/RMSNorm after it, and GPT-2's "
             "bias + GELU, as one CUDA kernel each (forward and backward) instead of several; on "
-            "the CPU the same maths in plain operations. Off by default until measured on a GPU "
-            "(docs/benchmarks.md)."));
+            "the CPU the same maths in plain operations. Off by default: on an H200 they were "
+            "2.4% slower than LibTorch's separate kernels for GPT-2 124M (docs/benchmarks.md)."));
     v(fused_clipping,
       Field("fused_clipping",
             "Apply gradient clipping (and fp16's unscaling) inside the fused AdamW kernel as it "
-            "reads the gradients, instead of in passes over them of their own. Off by default "
-            "until measured on a GPU."));
+            "reads the gradients, instead of in passes over them of their own. Off by default: "
+            "no measurable change for GPT-2 124M on an H200."));
     v(attention_backend,
       Field("attention_backend",
             "The attention kernel LibTorch tries first: auto (its own order), flash, efficient, "
