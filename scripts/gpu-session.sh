@@ -2,9 +2,10 @@
 # One bounded call's worth of GPU checks, for a lent GPU machine where nothing can be installed
 # and at most ten minutes and a few files come back: unpacks the carried Debian build
 # dependencies, builds lmtune and its cuda tests (scripts/gpu-check.sh), runs the GoogleTest cuda
-# cases, times the speed switches of docs/benchmarks.md ("Speed switches") with `lmtune bench`, then runs the end-to-end cuda tests in the time left. Every stage has its
-# own time limit, so a slow one cannot take the others' results with it; each writes one log
-# into OUT as soon as it ends.
+# cases, times the speed switches of docs/benchmarks.md ("Speed switches") with `lmtune bench`,
+# ranks a profile of the GPT-2 and Llama steps by kernel (profile.md), then runs the end-to-end
+# cuda tests in the time left. Every stage has its own time limit, so a slow one cannot take the
+# others' results with it; each writes one log into OUT as soon as it ends.
 #
 # Usage: OUT=DIR scripts/gpu-session.sh
 # Environment: DEBS (the .deb files, default .devdeps/debs), SHARED (the shared test data,
@@ -84,6 +85,18 @@ for r in runs:
     print(f"| {r['case']} | {r['tokens_per_sec']:,.0f} | {ratio:.3f}x | {100 * r['mfu']:.1f}% | "
           f"{r['peak_memory_mb']:,.0f} |")
 PY
+
+stage profile
+# The padded GPT-2 step and the Llama step ranked by kernel: one table each, appended to one file.
+for name in gpt2 llama; do
+  ((($(left)) > 90)) || { echo "profile $name: skipped, no time left"; break; }
+  declare -n shape=$name
+  timeout 60 "$build/lmtune" bench "${common[@]}" "${shape[@]}" --steps 3 \
+    --profile "/tmp/profile-$name" --profile-steps 3 >/dev/null 2>>"$out/bench.err" &&
+    { echo "## $name"; python3 "$root/scripts/profile_table.py" "/tmp/profile-$name/trace.json" \
+      --top 25; } >>"$out/profile.md" 2>>"$out/bench.err" || echo "profile $name: failed"
+  unset -n shape
+done
 
 stage "end-to-end cuda tests"
 if (($(left) > 30)); then

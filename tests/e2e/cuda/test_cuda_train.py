@@ -2,7 +2,7 @@
 dropout resumed after kill -9; fp16 with the loss scaler, the GPU-trained model checked on the
 CPU by lmtune and by transformers; the fp16 loss scale backing off, growing and resuming exactly;
 LoRA over an nf4 base trained on the GPU and evaluated on both; a run too large for the GPU
-stopped with one line. Runs on the bundled default model and quickstart data (the out-of-memory
+stopped with one line; precision auto choosing by the GPU. Runs on the bundled default model and quickstart data (the out-of-memory
 test makes a wider model with the same tokenizer)."""
 import json
 import shutil
@@ -132,6 +132,26 @@ def test_the_fp16_loss_scale_backs_off_grows_and_resumes_exactly_after_kill(tmp_
     difference = max_weight_difference(tmp_path / "run", tmp_path / "reference")
     print(f"largest weight difference, fp16 resumed vs uninterrupted: {difference:.3g}")
     assert difference < 1e-5
+
+
+def test_precision_auto_picks_bf16_or_fp16_by_the_gpu_and_records_it(tmp_path):
+    path = config(tmp_path, "auto", max_steps=4, grad_accum_steps=1)
+    tree = json.loads(path.read_text())
+    del tree["train"]["precision"]  # auto is the default
+    path.write_text(json.dumps(tree))
+    result = run("train", path)
+    assert result.returncode == 0, result.stderr
+    major, minor = torch.cuda.get_device_capability(0)
+    expected = "bf16" if major >= 8 else "fp16"
+    line = (f"train.precision: auto: {expected} on {torch.cuda.get_device_name(0)} "
+            f"(compute capability {major}.{minor})")
+    log = (tmp_path / "auto" / "train.log").read_text()
+    assert line in log, log
+    assert f"precision {expected}" in result.stderr
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["train"]["precision"] \
+        == expected
+    logged = [r for r in records(tmp_path / "auto") if "loss" in r]
+    assert len(logged) == 4 and all(("loss_scale" in r) == (expected == "fp16") for r in logged)
 
 
 def test_qlora_on_the_gpu_writes_an_adapter_that_evaluates_the_same_on_the_cpu(tmp_path):
