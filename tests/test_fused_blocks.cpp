@@ -9,20 +9,14 @@
 #include <gtest/gtest.h>
 
 #include "lever_grads.h"
-#include "lmtune/model/llama.h"
+#include "tiny_llama.h"
 
 namespace {
 
 lmtune::Llama tiny_llama() {
-  lmtune::LlamaConfig c;  // grouped-query attention, untied head
-  c.vocab_size = 50;
-  c.hidden_size = 16;
-  c.intermediate_size = 32;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 4;
-  c.max_position_embeddings = 32;
+  TinyLlamaShape shape;
+  shape.n_layer = 3;
+  lmtune::LlamaConfig c = tiny_llama_config(shape);
   c.tie_word_embeddings = false;
   lmtune::Llama model(c);
   model->init_weights(/*seed=*/5);
@@ -77,6 +71,8 @@ TEST(FusedBlocks, Gpt2GivesThePlainLossAndGradients) {
   expect_fused_matches_plain(lever_model(/*dropout=*/0.0));
 }
 
-TEST(FusedBlocks, LlamaGivesThePlainLossAndGradients) { expect_fused_matches_plain(tiny_llama()); }
+TEST(FusedBlocks, LlamaGivesThePlainLossAndGradients) {
+  expect_fused_matches_plain(tiny_llama());
+}
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include "lmtune/infer/generate.h"
 #include "lmtune/model/llama.h"
 #include "tiny_gpt2.h"
+#include "tiny_llama.h"
 
 namespace {
 
@@ -13,15 +14,7 @@ using PromptIds = std::vector<std::vector<int64_t>>;
 
 lmtune::CausalLM generation_test_model(const std::string& arch) {
   if (arch == "gpt2") return tiny_gpt2(TinyShape{}, /*dropout=*/0.0, /*seed=*/7);
-  lmtune::LlamaConfig c;  // grouped-query attention: 4 query heads over 2 key/value heads
-  c.vocab_size = 50;
-  c.hidden_size = 16;
-  c.intermediate_size = 32;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 4;
-  c.max_position_embeddings = 32;
+  lmtune::LlamaConfig c = tiny_llama_config();
   c.initializer_range = 0.5;  // peaked distributions: greedy ties are out of the question
   lmtune::Llama model(c);
   model->init_weights(/*seed=*/7);

@@ -12,6 +12,7 @@
 #include <torch/cuda.h>
 
 #include "../tiny_gpt2.h"
+#include "../tiny_llama.h"
 #include "lmtune/model/chunked_loss.h"
 #include "lmtune/model/fused_ops.h"
 #include "lmtune/model/gpt2.h"
@@ -67,15 +68,11 @@ struct StepResult {
 // A tiny Llama-family model with the parts GPT-2 lacks: grouped-query attention (4 query heads
 // over 2 key/value heads), RMSNorm on q and k (Qwen3), untied output head, weights from `seed`.
 lmtune::Llama tiny_llama(torch::Device device) {
-  lmtune::LlamaConfig c;
-  c.vocab_size = 97;
-  c.hidden_size = 64;
-  c.intermediate_size = 96;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
-  c.max_position_embeddings = 64;
+  TinyLlamaShape shape;
+  shape.vocab = 97;
+  shape.head_dim = 16;
+  shape.n_positions = 64;
+  lmtune::LlamaConfig c = tiny_llama_config(shape);
   c.qk_norm = true;
   lmtune::Llama model(c);
   model->init_weights(/*seed=*/4);
@@ -454,6 +451,18 @@ testing::AssertionResult fused_kernel_close(const torch::Tensor& actual,
                                      << " at a scale of " << scale << " (rtol " << rtol << ")";
 }
 
+// The kernel's run against the reference's: normed and every gradient within `rtol`.
+void expect_fused_norm_runs_close(const FusedNormRun& k, const FusedNormRun& r, double rtol,
+                                  bool rms) {
+  EXPECT_TRUE(fused_kernel_close(k.normed, r.normed, rtol)) << "normed";
+  EXPECT_TRUE(fused_kernel_close(k.grad_residual, r.grad_residual, rtol)) << "residual";
+  EXPECT_TRUE(fused_kernel_close(k.grad_branch, r.grad_branch, rtol)) << "branch";
+  EXPECT_TRUE(fused_kernel_close(k.grad_weight, r.grad_weight, rtol)) << "weight";
+  if (!rms) {
+    EXPECT_TRUE(fused_kernel_close(k.grad_bias, r.grad_bias, rtol)) << "bias";
+  }
+}
+
 // The kernel against the reference for every shape, LayerNorm and RMSNorm: sum exactly (both
 // round one fp32 add), normed and every gradient within the case's tolerance.
 void expect_fused_add_norm_matches(const FusedNormCase& c) {
@@ -465,13 +474,7 @@ void expect_fused_add_norm_matches(const FusedNormCase& c) {
         const FusedNormRun k = run_fused_add_norm(c, rms, rows, C, /*use_kernel=*/true, true);
         const FusedNormRun r = run_fused_add_norm(c, rms, rows, C, /*use_kernel=*/false, true);
         EXPECT_TRUE(torch::equal(k.sum, r.sum));
-        EXPECT_TRUE(fused_kernel_close(k.normed, r.normed, c.rtol)) << "normed";
-        EXPECT_TRUE(fused_kernel_close(k.grad_residual, r.grad_residual, c.rtol)) << "residual";
-        EXPECT_TRUE(fused_kernel_close(k.grad_branch, r.grad_branch, c.rtol)) << "branch";
-        EXPECT_TRUE(fused_kernel_close(k.grad_weight, r.grad_weight, c.rtol)) << "weight";
-        if (!rms) {
-          EXPECT_TRUE(fused_kernel_close(k.grad_bias, r.grad_bias, c.rtol)) << "bias";
-        }
+        expect_fused_norm_runs_close(k, r, c.rtol, rms);
       }
     }
   }
@@ -532,9 +535,8 @@ TEST_F(CudaTest, FusedAddNormWithoutAGradientForTheSumMatchesTheReference) {
   for (bool rms : {false, true}) {
     const FusedNormRun k = run_fused_add_norm(c, rms, /*rows=*/7, /*C=*/768, true, false);
     const FusedNormRun r = run_fused_add_norm(c, rms, /*rows=*/7, /*C=*/768, false, false);
-    EXPECT_TRUE(fused_kernel_close(k.grad_residual, r.grad_residual, c.rtol)) << rms;
-    EXPECT_TRUE(fused_kernel_close(k.grad_branch, r.grad_branch, c.rtol)) << rms;
-    EXPECT_TRUE(fused_kernel_close(k.grad_weight, r.grad_weight, c.rtol)) << rms;
+    SCOPED_TRACE(rms ? "RMSNorm" : "LayerNorm");
+    expect_fused_norm_runs_close(k, r, c.rtol, rms);
   }
 }
 
@@ -558,10 +560,8 @@ TEST_F(CudaTest, FusedAddNormTakesUpTo16384ChannelsAndFallsBackBeyond) {
   for (bool rms : {false, true}) {
     const FusedNormRun k = run_fused_add_norm(c, rms, /*rows=*/33, /*C=*/16384, true, true);
     const FusedNormRun r = run_fused_add_norm(c, rms, /*rows=*/33, /*C=*/16384, false, true);
-    EXPECT_TRUE(fused_kernel_close(k.normed, r.normed, c.rtol)) << rms;
-    EXPECT_TRUE(fused_kernel_close(k.grad_residual, r.grad_residual, c.rtol)) << rms;
-    EXPECT_TRUE(fused_kernel_close(k.grad_branch, r.grad_branch, c.rtol)) << rms;
-    EXPECT_TRUE(fused_kernel_close(k.grad_weight, r.grad_weight, c.rtol)) << rms;
+    SCOPED_TRACE(rms ? "RMSNorm" : "LayerNorm");
+    expect_fused_norm_runs_close(k, r, c.rtol, rms);
     // One channel more than a block holds: the reference path, asked for the kernel or not.
     const FusedNormRun wide = run_fused_add_norm(c, rms, /*rows=*/3, /*C=*/16385, true, true);
     const FusedNormRun plain = run_fused_add_norm(c, rms, /*rows=*/3, /*C=*/16385, false, true);
