@@ -11,7 +11,7 @@
 #   lora     the same shape with LoRA r 16 on every linear layer over a bf16-autocast fp32 base
 #            and an nf4 base (PEFT's peer: the fp32 base; bitsandbytes is not on the GPU machine)
 #   levers   the speed switches of issue 19 at the gpt2 shape, each alone and all together
-#            (--fused-kernels, --fused-clipping, --attention-backend cudnn),
+#            (--fused-kernels, --fused-clipping, --attention-backend cudnn, --fused-loss),
 #            and all of them at the llama shape; the cases compare with `gpt2` and `llama`
 #   profile  `lmtune bench --profile` of 3 steps of the gpt2 and llama shapes, ranked by
 #            scripts/profile_table.py into OUT/profile-*.md (traces in OUT/profile-*/)
@@ -69,8 +69,8 @@ for section in ${SECTIONS:-gpt2 pad llama levers lora profile plan}; do
       record gpt2-unpadded "$lmtune" bench --device cuda "${gpt2[@]}" "${common[@]}" --vocab-padding 1
       ;;
     levers)
-      all_levers=(--fused-kernels --fused-clipping --attention-backend cudnn)
-      for lever in --fused-kernels --fused-clipping "--attention-backend cudnn"; do
+      all_levers=(--fused-kernels --fused-clipping --attention-backend cudnn --fused-loss)
+      for lever in --fused-kernels --fused-clipping "--attention-backend cudnn" --fused-loss; do
         # shellcheck disable=SC2086  # the attention option is two words
         record "gpt2-lever${lever// /-}" "$lmtune" bench --device cuda "${gpt2[@]}" "${common[@]}" $lever
       done

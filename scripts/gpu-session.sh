@@ -71,9 +71,12 @@ bench gpt2-unpadded "${gpt2[@]}" --vocab-padding 1
 bench gpt2-fused-kernels "${gpt2[@]}" --fused-kernels
 bench gpt2-fused-clipping "${gpt2[@]}" --fused-clipping
 bench gpt2-cudnn-attention "${gpt2[@]}" --attention-backend cudnn
-bench gpt2-all "${gpt2[@]}" --fused-kernels --fused-clipping --attention-backend cudnn
+bench gpt2-fused-loss "${gpt2[@]}" --fused-loss
+levers=(--fused-kernels --fused-clipping --attention-backend cudnn --fused-loss)
+bench gpt2-all "${gpt2[@]}" "${levers[@]}"
 bench llama "${llama[@]}"
-bench llama-all "${llama[@]}" --fused-kernels --fused-clipping --attention-backend cudnn
+bench llama-fused-loss "${llama[@]}" --fused-loss
+bench llama-all "${llama[@]}" "${levers[@]}"
 python3 - "$out/bench.jsonl" <<'PY' 2>/dev/null | tee "$out/bench.md"
 import json, sys
 runs = [json.loads(line) for line in open(sys.argv[1])]

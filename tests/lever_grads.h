@@ -28,12 +28,15 @@ inline lmtune::Batch lever_batch() {
 }
 
 // Gradients of one backward of `model` on lever_batch(), the loss computed in chunks of
-// `loss_chunk_tokens` (0: whole), with the random generator at `seed`.
+// `loss_chunk_tokens` (0: whole), with the random generator at `seed`; `fused_loss` as
+// train.fused_loss.
 inline GradsByName backward_grads(lmtune::GPT2& model, lmtune::Precision precision,
-                                  int64_t loss_chunk_tokens = 0, uint64_t seed = 11) {
+                                  int64_t loss_chunk_tokens = 0, uint64_t seed = 11,
+                                  bool fused_loss = false) {
   torch::manual_seed(seed);
   auto batch = lever_batch();
-  lmtune::summed_token_loss(model, batch, precision, torch::kCPU, loss_chunk_tokens).backward();
+  lmtune::summed_token_loss(model, batch, precision, torch::kCPU, loss_chunk_tokens, fused_loss)
+      .backward();
   GradsByName grads;
   for (const auto& p : model->named_parameters())
     if (p.value().grad().defined()) grads[p.key()] = p.value().grad().clone();

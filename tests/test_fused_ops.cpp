@@ -1,11 +1,13 @@
 // The reference paths of the fused ops (src/model/fused_ops.cpp) on the CPU against formulas
 // written out here: residual add + LayerNorm / RMSNorm (Llama) and bias + GELU, forward and every
-// gradient, in fp32 and under CPU bf16 autocast. The CUDA kernels are compared with these paths on
+// gradient, in fp32 and under CPU bf16 autocast; cross-entropy with its gradient against
+// LibTorch's autograd. The CUDA kernels are compared with these paths on
 // a GPU in tests/cuda/test_cuda.cpp.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include "lmtune/model/fused_ops.h"
 #include "lmtune/train/precision.h"
@@ -226,6 +228,88 @@ TEST(FusedOps, BiasGeluOfBf16InputRoundsTheBiasToBf16AndAnswersInBf16) {
   // With the bias unrounded some outputs would round differently.
   const torch::Tensor unrounded = written_out_gelu(x.to(torch::kFloat32) + bias, false);
   EXPECT_FALSE(torch::equal(y, unrounded.to(torch::kBFloat16)));
+}
+
+// The loss and the logits' gradient of LibTorch's cross-entropy (sum over rows, -100 ignored) on
+// the first `vocab` columns, times `scale`, the padding columns' gradient 0; in fp64.
+std::pair<double, torch::Tensor> autograd_cross_entropy(const torch::Tensor& logits, int64_t vocab,
+                                                        const torch::Tensor& targets,
+                                                        double scale) {
+  torch::Tensor x = logits.to(torch::kFloat64).requires_grad_();
+  torch::Tensor loss = torch::nn::functional::cross_entropy(
+      x.narrow(1, 0, vocab), targets,
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
+  (loss * scale).backward();
+  return {loss.item<double>(), x.grad()};
+}
+
+// Rows of logits over a padded vocabulary (60 of 64 columns real), two targets ignored, logits
+// spread wide enough that the softmax is far from uniform.
+struct CrossEntropyCase {
+  torch::Tensor logits;   // (9, 64) fp32
+  torch::Tensor targets;  // (9)
+  int64_t vocab = 60;
+};
+
+CrossEntropyCase cross_entropy_case() {
+  torch::manual_seed(21);
+  CrossEntropyCase c;
+  c.logits = torch::randn({9, 64}) * 4;
+  c.targets = torch::randint(c.vocab, {9}, torch::kLong);
+  c.targets.index_put_({2}, -100);
+  c.targets.index_put_({7}, -100);
+  c.targets.index_put_({5}, c.vocab - 1);  // the last real column
+  return c;
+}
+
+TEST(FusedOps, CrossEntropyWithGradEqualsLibTorchsLossAndGradient) {
+  const CrossEntropyCase c = cross_entropy_case();
+  for (double scale : {1.0, 1024.0}) {
+    for (int64_t vocab : {c.vocab, int64_t{64}}) {  // padded, and not
+      SCOPED_TRACE(testing::Message() << "scale " << scale << " vocab " << vocab);
+      const auto [loss, grad] = autograd_cross_entropy(c.logits, vocab, c.targets, scale);
+      const torch::Tensor scale_tensor =
+          scale == 1.0 ? torch::Tensor() : torch::full({}, scale, torch::kFloat32);
+      const lmtune::LossAndLogitGrad fused = lmtune::cross_entropy_with_grad(
+          c.logits.clone(), vocab, c.targets, scale_tensor, /*use_kernel=*/true);
+      EXPECT_EQ(fused.loss.scalar_type(), torch::kFloat32);
+      EXPECT_NEAR(fused.loss.item<double>(), loss, 1e-5 * std::abs(loss));
+      ASSERT_EQ(fused.grad.sizes(), c.logits.sizes());
+      EXPECT_TRUE(fused_close(fused.grad.to(torch::kFloat64), grad, 1e-6));
+      // Ignored rows and padding columns: exactly 0.
+      EXPECT_EQ(fused.grad[2].abs().max().item<float>(), 0.f);
+      EXPECT_EQ(fused.grad.narrow(1, vocab, 64 - vocab).abs().sum().item<float>(), 0.f);
+    }
+  }
+}
+
+TEST(FusedOps, CrossEntropyWithGradOfFp32LogitsWritesTheGradientOverThem) {
+  const CrossEntropyCase c = cross_entropy_case();
+  const torch::Tensor logits = c.logits.clone();
+  const lmtune::LossAndLogitGrad fused =
+      lmtune::cross_entropy_with_grad(logits, 64, c.targets, {}, /*use_kernel=*/false);
+  EXPECT_EQ(fused.grad.data_ptr(), logits.data_ptr());  // no (n, V) copy
+}
+
+TEST(FusedOps, CrossEntropyWithGradOfBf16LogitsAnswersInBf16WithFp32Statistics) {
+  const CrossEntropyCase c = cross_entropy_case();
+  const torch::Tensor logits = c.logits.to(torch::kBFloat16);
+  const auto [loss, grad] = autograd_cross_entropy(logits, c.vocab, c.targets, 1.0);
+  const lmtune::LossAndLogitGrad fused =
+      lmtune::cross_entropy_with_grad(logits.clone(), c.vocab, c.targets, {}, false);
+  EXPECT_EQ(fused.grad.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(fused.loss.scalar_type(), torch::kFloat32);
+  // The loss of the bf16 logits as they are, computed exactly: fp32 statistics, not bf16 ones.
+  EXPECT_NEAR(fused.loss.item<double>(), loss, 1e-5 * std::abs(loss));
+  EXPECT_TRUE(fused_close(fused.grad, grad.to(torch::kBFloat16), 1e-2));
+}
+
+TEST(FusedOps, CrossEntropyWithGradRefusesAVocabularyWiderThanTheLogits) {
+  const CrossEntropyCase c = cross_entropy_case();
+  EXPECT_THROW(lmtune::cross_entropy_with_grad(c.logits.clone(), 65, c.targets, {}, false),
+               c10::Error);
+  EXPECT_THROW(lmtune::cross_entropy_with_grad(c.logits.clone(), 0, c.targets, {}, false),
+               c10::Error);
 }
 
 TEST(FusedOps, TheKernelsAreCompiledWhereLibTorchHasCuda) {

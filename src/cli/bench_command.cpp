@@ -97,6 +97,8 @@ void add_bench_command(CLI::App& app) {
                     "train.fused_kernels");
   command->add_flag("--fused-clipping", args->options.fused_clipping,
                     "Clipping inside the fused AdamW kernel, as train.fused_clipping");
+  command->add_flag("--fused-loss", args->options.fused_loss,
+                    "The loss and its gradient in one CUDA kernel, as train.fused_loss");
   command
       ->add_option("--attention-backend", args->attention_backend,
                    "The attention kernel tried first, as train.attention_backend")

@@ -3,6 +3,7 @@
 #include "lmtune/model/activation_checkpoint.h"
 #include "lmtune/model/attention.h"
 #include "lmtune/model/bf16_emulation.h"
+#include "lmtune/model/chunked_loss.h"
 
 namespace lmtune {
 
@@ -58,13 +59,9 @@ torch::Tensor CausalLMImpl::forward(const torch::Tensor& idx, KVCache* cache) {
 
 torch::Tensor CausalLMImpl::output_logits(const torch::Tensor& hidden) {
   const torch::Tensor weight = output_weight();  // (V, C)
-  const int64_t V = weight.size(0);
-  const int64_t padding =
-      vocab_padding_ > 0 ? (vocab_padding_ - V % vocab_padding_) % vocab_padding_ : 0;
-  if (padding == 0) return autocast_linear(hidden, weight);  // (..., V)
-  // Differentiable: the weight's gradient is the first V rows of the padded one's.
-  const torch::Tensor padded = torch::cat({weight, weight.new_zeros({padding, weight.size(1)})});
-  return autocast_linear(hidden, padded).narrow(-1, 0, V);  // (..., V)
+  const torch::Tensor padded = padded_output_weight(weight, vocab_padding_);
+  if (padded.size(0) == weight.size(0)) return autocast_linear(hidden, weight);  // (..., V)
+  return autocast_linear(hidden, padded).narrow(-1, 0, weight.size(0));          // (..., V)
 }
 
 torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets) {

@@ -13,6 +13,8 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+constexpr int64_t kIgnoreIndex = -100;  // a target the loss leaves out, as LibTorch's default
+
 // normed's dtype: autocast's for the inputs' device type when it is on, else sum's.
 at::ScalarType add_norm_output_dtype(at::DeviceType device_type, at::ScalarType sum_dtype) {
   if (at::autocast::is_autocast_available(device_type) &&
@@ -39,6 +41,31 @@ AddNormResult add_norm_reference(const torch::Tensor& residual, const torch::Ten
         torch::layer_norm(sum32, {sum.size(-1)}, norm.weight.to(torch::kFloat32), bias32, norm.eps);
   }
   return {sum, normed.to(normed_dtype)};
+}
+
+// In LibTorch ops over the whole (n, V) block, in place where the logits are fp32 already: five
+// passes over it (max, exp, sum, scale, and the one-hot subtraction's scatter).
+LossAndLogitGrad cross_entropy_with_grad_reference(const torch::Tensor& logits, int64_t vocab,
+                                                   const torch::Tensor& targets,
+                                                   const torch::Tensor& scale) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  torch::NoGradGuard no_grad;
+  const int64_t padding = logits.size(1) - vocab;
+  torch::Tensor p = logits.narrow(1, 0, vocab).to(torch::kFloat32);  // fp32 logits: a view
+  const torch::Tensor counted = targets.ne(kIgnoreIndex);
+  const torch::Tensor column = targets.clamp_min(0).unsqueeze(1);  // (n, 1)
+  const torch::Tensor target_logit = p.gather(1, column).squeeze(1);
+  const torch::Tensor max = p.amax(1, /*keepdim=*/true);
+  p.sub_(max).exp_();
+  const torch::Tensor sum = p.sum(1, /*keepdim=*/true);
+  const torch::Tensor row_loss = sum.log().add_(max).squeeze(1).sub_(target_logit);
+  const torch::Tensor loss = row_loss.masked_fill(counted.logical_not(), 0).sum();
+  torch::Tensor weight = counted.to(torch::kFloat32).unsqueeze(1);  // (n, 1): 1, or 0 if ignored
+  if (scale.defined()) weight = weight * scale.to(torch::kFloat32);
+  p.mul_(weight / sum);
+  p.scatter_add_(1, column, weight.neg());
+  if (padding > 0) p = torch::constant_pad_nd(p, {0, padding});
+  return {loss, p.to(logits.scalar_type())};
 }
 
 torch::Tensor bias_gelu_reference(const torch::Tensor& x, const torch::Tensor& bias, bool tanh) {
@@ -81,6 +108,13 @@ bool add_norm_kernel_takes(const torch::Tensor& residual, const torch::Tensor& b
 bool bias_gelu_kernel_takes(const torch::Tensor& x, const torch::Tensor& bias) {
   return x.is_cuda() && x.dim() > 0 && x.numel() > 0 && is_kernel_float(x.scalar_type()) &&
          is_channel_vector(bias, x.size(-1), x.device());
+}
+
+bool cross_entropy_kernel_takes(const torch::Tensor& logits, const torch::Tensor& targets,
+                                const torch::Tensor& scale) {
+  return logits.is_cuda() && logits.is_contiguous() && is_kernel_float(logits.scalar_type()) &&
+         targets.device() == logits.device() &&
+         (!scale.defined() || scale.device() == logits.device());
 }
 
 // Saved: sum, weight, mean (LayerNorm), rstd. grads: (sum, normed), either may be undefined.
@@ -208,6 +242,27 @@ torch::Tensor bias_gelu(const torch::Tensor& x, const torch::Tensor& bias, bool 
 #endif
   (void)use_kernel;
   return bias_gelu_reference(x, bias, tanh);
+}
+
+LossAndLogitGrad cross_entropy_with_grad(const torch::Tensor& logits, int64_t vocab,
+                                         const torch::Tensor& targets, const torch::Tensor& scale,
+                                         bool use_kernel) {
+  TORCH_CHECK(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0),
+              "cross_entropy_with_grad: expected logits (n, Vp) and targets (n)");
+  TORCH_CHECK(vocab > 0 && vocab <= logits.size(1), "cross_entropy_with_grad: vocab ", vocab,
+              " outside 1..", logits.size(1));
+  TORCH_CHECK(!scale.defined() || scale.numel() == 1,
+              "cross_entropy_with_grad: scale not a scalar");
+#ifdef LMTUNE_WITH_CUDA
+  if (use_kernel && cross_entropy_kernel_takes(logits, targets, scale)) {
+    const torch::Tensor row_loss = fused_cuda::cross_entropy_grad(
+        logits, vocab, targets.to(torch::kLong).contiguous(),
+        scale.defined() ? scale.to(torch::kFloat32).reshape({}) : torch::Tensor());
+    return {row_loss.sum(), logits};
+  }
+#endif
+  (void)use_kernel;
+  return cross_entropy_with_grad_reference(logits, vocab, targets, scale);
 }
 
 bool fused_kernels_compiled() {

@@ -1,9 +1,12 @@
-// The fused CUDA kernels: residual add + LayerNorm/RMSNorm (forward and backward) and bias + GELU
-// (forward and backward). Norm kernels hold one row of C channels in registers, one row per block
-// (four rows per block, a warp each, when C <= 512); statistics and arithmetic are fp32.
+// The fused CUDA kernels: residual add + LayerNorm/RMSNorm (forward and backward), bias + GELU
+// (forward and backward), and cross-entropy with its gradient. Norm kernels hold one row of C
+// channels in registers, one row per block (four rows per block, a warp each, when C <= 512);
+// statistics and arithmetic are fp32.
 #include "fused_ops_cuda.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <type_traits>
 
 #include <ATen/cuda/CUDAContext.h>
@@ -283,6 +286,62 @@ __global__ void bias_gelu_backward_kernel(const X* __restrict__ grad_y, const X*
   }
 }
 
+// Cross-entropy and its gradient, one block per row of logits: a running (max, sum of exp) per
+// thread, merged across the block; then the row read again and overwritten with the gradient.
+constexpr int kLossThreads = 512;
+constexpr int64_t kIgnoreIndex = -100;
+
+struct SoftmaxStats {
+  float max;  // the largest logit seen
+  float sum;  // sum of exp(logit - max) over the logits seen
+};
+
+// Both halves' logits as one. A NaN logit makes the sum NaN (so the loss and the gradient are NaN,
+// as LibTorch's); a half that has seen nothing ({-inf, 0}) changes nothing.
+__device__ __forceinline__ SoftmaxStats merge(SoftmaxStats a, SoftmaxStats b) {
+  if (b.max > a.max) return {b.max, a.sum * expf(a.max - b.max) + b.sum};
+  if (b.sum != 0.f) a.sum += b.sum * expf(b.max - a.max);
+  return a;
+}
+
+__device__ SoftmaxStats block_stats(SoftmaxStats v, SoftmaxStats* shared) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    v = merge(v, {__shfl_xor_sync(0xffffffffu, v.max, offset),
+                  __shfl_xor_sync(0xffffffffu, v.sum, offset)});
+  }
+  if (threadIdx.x % kWarp == 0) shared[threadIdx.x / kWarp] = v;
+  __syncthreads();
+  SoftmaxStats total{-INFINITY, 0.f};
+  for (int w = 0; w < static_cast<int>(blockDim.x) / kWarp; ++w) total = merge(total, shared[w]);
+  return total;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kLossThreads)
+    cross_entropy_grad_kernel(T* __restrict__ logits, const int64_t* __restrict__ targets,
+                              const float* __restrict__ scale, float* __restrict__ row_loss,
+                              int64_t vocab, int64_t padded_vocab) {
+  __shared__ SoftmaxStats shared[kLossThreads / kWarp];
+  T* x = logits + static_cast<int64_t>(blockIdx.x) * padded_vocab;
+  const int64_t target = targets[blockIdx.x];
+  const bool counted = target != kIgnoreIndex;
+  CUDA_KERNEL_ASSERT(!counted || (target >= 0 && target < vocab));
+  SoftmaxStats mine{-INFINITY, 0.f};
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x)
+    mine = merge(mine, {to_float(x[j]), 1.f});
+  // Read before the barrier inside block_stats, after which the row is overwritten.
+  const float target_logit = counted && threadIdx.x == 0 ? to_float(x[target]) : 0.f;
+  const SoftmaxStats row = block_stats(mine, shared);
+  const float log_sum = row.max + logf(row.sum);
+  if (threadIdx.x == 0) row_loss[blockIdx.x] = counted ? log_sum - target_logit : 0.f;
+  const float weight = counted ? (scale ? *scale : 1.f) : 0.f;
+  for (int64_t j = threadIdx.x; j < padded_vocab; j += blockDim.x) {
+    float g = 0.f;
+    if (j < vocab) g = (expf(to_float(x[j]) - log_sum) - (j == target ? 1.f : 0.f)) * weight;
+    x[j] = from_float<T>(g);
+  }
+}
+
 int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
@@ -498,6 +557,25 @@ BiasGeluGrads bias_gelu_backward(const at::Tensor& grad_y, const at::Tensor& x,
   });
   if (bias_grad) grads.bias = partials.sum(0);  // (C)
   return grads;
+}
+
+at::Tensor cross_entropy_grad(const at::Tensor& logits, int64_t vocab, const at::Tensor& targets,
+                              const at::Tensor& scale32) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t rows = logits.size(0);
+  at::Tensor row_loss = at::empty({rows}, logits.options().dtype(at::kFloat));
+  if (rows == 0) return row_loss;
+  TORCH_CHECK(rows <= std::numeric_limits<int32_t>::max(), "cross_entropy_grad: too many rows");
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  with_float_type(logits.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    cross_entropy_grad_kernel<T><<<static_cast<unsigned>(rows), kLossThreads, 0, stream>>>(
+        logits.data_ptr<T>(), targets.data_ptr<int64_t>(),
+        scale32.defined() ? scale32.data_ptr<float>() : nullptr, row_loss.data_ptr<float>(), vocab,
+        logits.size(1));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return row_loss;
 }
 
 }  // namespace lmtune::fused_cuda

@@ -55,4 +55,10 @@ struct BiasGeluGrads {
 BiasGeluGrads bias_gelu_backward(const at::Tensor& grad_y, const at::Tensor& x,
                                  const at::Tensor& bias32, bool tanh, bool bias_grad);
 
+// Writes over logits (n, Vp), contiguous fp32/bf16/fp16, the gradient cross_entropy_with_grad
+// describes; targets (n) int64 on the same device, -100 for ignored rows; scale32 an fp32 0-dim
+// tensor or undefined. Returns each row's loss (n) in fp32, 0 on ignored rows.
+at::Tensor cross_entropy_grad(const at::Tensor& logits, int64_t vocab, const at::Tensor& targets,
+                              const at::Tensor& scale32);
+
 }  // namespace lmtune::fused_cuda

@@ -216,7 +216,7 @@ BenchResult run_bench(const BenchOptions& o) {
   TrainingStep step(
       model, optimizer,
       StepSettings{o.precision, device, resolve_loss_chunk_tokens(train, o.seq, o.vocab, device),
-                   /*max_grad_norm=*/1.0, o.fused_clipping});
+                   /*max_grad_norm=*/1.0, o.fused_clipping, o.fused_loss});
   const std::vector<Batch> batch = {synthetic_batch(o, device)};
   for (const auto& p : step.parameters()) result.parameters += p.numel();  // trainable
   auto run_step = [&] { return step.run(batch, /*lr=*/3e-4).loss; };
@@ -277,6 +277,7 @@ nlohmann::json bench_json(const BenchOptions& o, const BenchResult& r) {
           {"vocab_padding", r.vocab_padding},
           {"fused_kernels", o.fused_kernels},
           {"fused_clipping", o.fused_clipping},
+          {"fused_loss", o.fused_loss},
           {"attention_backend", enum_name(o.attention_backend)},
           {"lora_r", o.lora_r},
           {"quantize", enum_name(o.quantize)},

@@ -21,16 +21,21 @@ torch::Tensor to_device(const torch::Tensor& host, torch::Device device) {
 }  // namespace
 
 torch::Tensor summed_token_loss(const CausalLM& model, const Batch& batch, Precision precision,
-                                torch::Device device, int64_t loss_chunk_tokens) {
+                                torch::Device device, int64_t loss_chunk_tokens, bool fused_loss) {
   auto inputs = to_device(batch.inputs, device);    // (B, T)
   auto targets = to_device(batch.targets, device);  // (B, T)
+  fused_loss = fused_loss && torch::GradMode::is_enabled();
   torch::Tensor logits;
   {
     AutocastScope autocast(precision, device);
-    if (loss_chunk_tokens > 0) {
+    if (loss_chunk_tokens > 0 || fused_loss) {
       auto hidden = model->hidden_states(inputs);  // (B, T, C)
+      ChunkedLossOptions options;
+      options.chunk_tokens = loss_chunk_tokens > 0 ? loss_chunk_tokens : targets.numel();
+      if (fused_loss) options.vocab_padding = model->vocab_padding();
+      options.fused_kernel = fused_loss;
       return chunked_lm_loss_sum(hidden.reshape({-1, hidden.size(-1)}), model->output_weight(),
-                                 targets.reshape({-1}), loss_chunk_tokens);
+                                 targets.reshape({-1}), options);
     }
     logits = model->forward(inputs);  // (B, T, V)
   }

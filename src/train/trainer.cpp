@@ -228,7 +228,8 @@ void Trainer::setup() {
   training_step_ = std::make_unique<TrainingStep>(
       model_, *optimizer_,
       StepSettings{config_.train.precision, device_, loss_chunk_tokens_,
-                   config_.train.max_grad_norm, config_.train.fused_clipping},
+                   config_.train.max_grad_norm, config_.train.fused_clipping,
+                   config_.train.fused_loss},
       scaler_.get());
   if (group_) training_step_->distribute(*group_);
   if (!config_.distill.teacher.empty()) setup_distillation();
@@ -471,6 +472,11 @@ void Trainer::setup_memory_levers() {
         fmt::format("train.attention_backend: {} tried first", enum_name(train.attention_backend)));
   if (train.fused_clipping)
     progress_->message("train.fused_clipping: clipping inside the fused AdamW kernel");
+  if (train.fused_loss)
+    progress_->message(device_.is_cuda()
+                           ? "train.fused_loss: the loss and its gradient in one CUDA kernel"
+                           : "train.fused_loss: on; the CPU runs the same maths as plain "
+                             "operations");
   if (train.precision == Precision::kFp16)
     scaler_ = std::make_unique<LossScaler>(train.loss_scale_init, train.loss_scale_growth_interval,
                                            train.loss_scale_backoff, device_);

@@ -43,9 +43,9 @@ TrainingStep::Result TrainingStep::run(const std::vector<Batch>& micro_batches, 
       loss = distill_loss(terms);
       step_terms += terms.detach();
     } else {
-      loss =
-          summed_token_loss(model_, micro_batches[i], s.precision, s.device, s.loss_chunk_tokens) /
-          norm;
+      loss = summed_token_loss(model_, micro_batches[i], s.precision, s.device, s.loss_chunk_tokens,
+                               s.fused_loss) /
+             norm;
     }
     (scaler_ ? scaler_->scale(loss) : loss).backward();
     step_loss += loss.detach();

@@ -3,8 +3,8 @@
 // CPU or against the plain path on the GPU: forward, activation checkpointing with dropout (the
 // CUDA generator restored), the chunked loss, the fused AdamW, the fp16 loss scaler, mixed
 // precision steps, peak memory, the checkpointed CUDA generator state, a Llama-family model,
-// quantized weights (int8, nf4), LoRA adapters over a quantized base, and the fused add + norm and
-// bias + GELU kernels against their reference paths.
+// quantized weights (int8, nf4), LoRA adapters over a quantized base, the fused add + norm,
+// bias + GELU and cross-entropy kernels against their reference paths, and train.fused_loss.
 #include <gtest/gtest.h>
 
 #include <iostream>
@@ -83,10 +83,11 @@ lmtune::Llama tiny_llama(torch::Device device) {
 
 // One forward and backward of `model` on the tiny batch, with every generator at `seed`.
 StepResult train_step(const lmtune::CausalLM& model, Precision precision, torch::Device device,
-                      int64_t chunk_tokens = 0, uint64_t seed = 11) {
+                      int64_t chunk_tokens = 0, uint64_t seed = 11, bool fused_loss = false) {
   torch::manual_seed(seed);
   torch::cuda::manual_seed_all(seed);
-  auto loss = lmtune::summed_token_loss(model, tiny_batch(), precision, device, chunk_tokens);
+  auto loss =
+      lmtune::summed_token_loss(model, tiny_batch(), precision, device, chunk_tokens, fused_loss);
   loss.backward();
   StepResult result{loss.item<double>(), {}};
   for (const auto& p : model->named_parameters())
@@ -647,4 +648,75 @@ TEST_F(CudaTest, FusedClippingWithTheFp16ScalerMatchesSeparatePasses) {
   }
   std::cout << "fused clipping: largest weight difference " << worst
             << ", between two separate runs " << worst_noise << std::endl;
+}
+
+namespace {
+
+// cross_entropy_with_grad's kernel against its reference path on the GPU, for logits of `dtype`
+// over `vocab` real columns of `padded`, rows with ignored targets, with and without a scale.
+void expect_cross_entropy_kernel_matches(torch::Dtype dtype, int64_t vocab, int64_t padded,
+                                         double rtol) {
+  torch::manual_seed(vocab);
+  const int64_t rows = 37;
+  const auto on_gpu = torch::TensorOptions().device(kCuda);
+  const torch::Tensor logits = (torch::randn({rows, padded}, on_gpu) * 3).to(dtype);
+  torch::Tensor targets = torch::randint(vocab, {rows}, on_gpu.dtype(torch::kLong));
+  targets.index_put_({0}, -100);
+  targets.index_put_({rows - 1}, -100);
+  targets.index_put_({5}, vocab - 1);
+  for (double scale : {1.0, 4096.0}) {
+    SCOPED_TRACE(testing::Message()
+                 << dtype << " vocab " << vocab << " of " << padded << " scale " << scale);
+    const torch::Tensor scale_tensor =
+        scale == 1.0 ? torch::Tensor() : torch::full({}, scale, on_gpu.dtype(torch::kFloat32));
+    const lmtune::LossAndLogitGrad kernel =
+        lmtune::cross_entropy_with_grad(logits.clone(), vocab, targets, scale_tensor, true);
+    const lmtune::LossAndLogitGrad reference =
+        lmtune::cross_entropy_with_grad(logits.clone(), vocab, targets, scale_tensor, false);
+    EXPECT_NEAR(kernel.loss.item<double>(), reference.loss.item<double>(),
+                1e-5 * std::abs(reference.loss.item<double>()));
+    EXPECT_TRUE(fused_kernel_close(kernel.grad, reference.grad, rtol));
+    EXPECT_EQ(kernel.grad[0].abs().max().item<double>(), 0.0);  // an ignored row
+    if (padded > vocab) {
+      EXPECT_EQ(kernel.grad.narrow(1, vocab, padded - vocab).abs().max().item<double>(), 0.0);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_F(CudaTest, CrossEntropyKernelMatchesTheReferenceInFp32Bf16AndFp16) {
+  for (const auto& [vocab, padded] :
+       {std::pair<int64_t, int64_t>{50257, 50304}, {32000, 32000}, {1000, 1024}, {7, 7}}) {
+    expect_cross_entropy_kernel_matches(torch::kFloat32, vocab, padded, 1e-5);
+    expect_cross_entropy_kernel_matches(torch::kBFloat16, vocab, padded, 1e-2);
+    expect_cross_entropy_kernel_matches(torch::kHalf, vocab, padded, 1e-2);
+  }
+}
+
+TEST_F(CudaTest, CrossEntropyKernelWritesTheGradientOverTheLogits) {
+  const torch::Tensor logits =
+      torch::randn({4, 640}, torch::TensorOptions().device(kCuda)).to(torch::kBFloat16);
+  const torch::Tensor targets = torch::tensor({1, 2, 3, 4}, torch::kLong).to(kCuda);
+  const lmtune::LossAndLogitGrad out =
+      lmtune::cross_entropy_with_grad(logits, 640, targets, {}, /*use_kernel=*/true);
+  EXPECT_EQ(out.grad.data_ptr(), logits.data_ptr());  // no fp32 copy, no new buffer
+  EXPECT_EQ(out.grad.scalar_type(), torch::kBFloat16);
+}
+
+// train.fused_loss in a whole training step on the GPU, vocabulary padded (97 -> 128): the loss
+// and gradients of the plain path, in fp32 and in bf16 (within bf16's rounding).
+TEST_F(CudaTest, FusedLossGivesThePlainLossAndGradients) {
+  GPT2 plain = tiny_model(/*dropout=*/0.0, kCuda), fused = tiny_model(0.0, kCuda);
+  fused->set_vocab_padding(64);
+  for (Precision precision : {Precision::kFp32, Precision::kBf16}) {
+    plain->zero_grad();
+    fused->zero_grad();
+    const double tolerance = precision == Precision::kFp32 ? 1e-5 : 1e-2;
+    auto expected = train_step(plain, precision, kCuda);
+    auto actual = train_step(fused, precision, kCuda, /*chunk_tokens=*/0, /*seed=*/11,
+                             /*fused_loss=*/true);
+    EXPECT_NEAR(actual.loss, expected.loss, tolerance * std::abs(expected.loss));
+    expect_close_grads_by_norm(actual, expected, tolerance);
+  }
 }

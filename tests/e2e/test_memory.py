@@ -54,6 +54,23 @@ def test_checkpointing_and_chunked_loss_give_the_plain_runs_weights(lmtune, tmp_
     assert evals and all(r["peak_memory_mb"] > 0 for r in evals)
 
 
+def test_the_fused_loss_on_a_padded_vocabulary_gives_the_plain_runs_weights(lmtune, tmp_path):
+    # On the CPU train.fused_loss runs its kernel's reference maths: a check of the path that the
+    # GPU kernel replaces (tests/cuda), and of the vocabulary padding it handles inside.
+    setup_data(tmp_path)
+    model = make_tiny_model(tmp_path / "model")
+    train(lmtune, tmp_path, config(tmp_path, model, "plain", chunked_loss="off"), "plain")
+    train(lmtune, tmp_path,
+          config(tmp_path, model, "fused", fused_loss=True, vocab_padding=64), "fused")
+    log = (tmp_path / "fused" / "train.log").read_text()
+    assert "train.fused_loss: on; the CPU runs the same maths as plain operations" in log
+    plain = load_file(tmp_path / "plain" / "final" / "model.safetensors")
+    fused = load_file(tmp_path / "fused" / "final" / "model.safetensors")
+    assert plain.keys() == fused.keys()
+    for name, tensor in plain.items():
+        torch.testing.assert_close(fused[name], tensor, rtol=0, atol=1e-4, msg=name)
+
+
 def test_frozen_tensors_stay_bit_identical(lmtune, tmp_path):
     setup_data(tmp_path)
     model = make_tiny_model(tmp_path / "model")

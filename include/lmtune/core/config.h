@@ -304,6 +304,7 @@ struct TrainConfig {
   int64_t vocab_padding = kAutoVocabPadding;      // plain loss: V padded to a multiple of this
   bool fused_kernels = false;   // CUDA kernels for residual add + norm and bias + GELU
   bool fused_clipping = false;  // clipping and fp16 unscaling inside the fused AdamW kernel
+  bool fused_loss = false;      // the loss and the logits' gradient in one CUDA kernel
   AttentionBackend attention_backend = AttentionBackend::kAuto;
   bool freeze_embeddings = false;             // wte and wpe get no gradient and no optimizer state
   int64_t freeze_layers = 0;                  // the first N blocks are frozen
@@ -374,6 +375,13 @@ struct TrainConfig {
             "Apply gradient clipping (and fp16's unscaling) inside the fused AdamW kernel as it "
             "reads the gradients, instead of in passes over them of their own. Off by default: "
             "no measurable change for GPT-2 124M on an H200."));
+    v(fused_loss,
+      Field("fused_loss",
+            "On a GPU, compute the loss and the gradient of the logits in one CUDA kernel that "
+            "reads the bf16/fp16 logits twice and writes the gradient over them, instead of "
+            "LibTorch's fp32 copy, log-softmax and its backward; the output head's matrix "
+            "products stay cuBLAS's. On the CPU the same maths in plain operations. Off by "
+            "default until measured on a GPU (docs/benchmarks.md)."));
     v(attention_backend,
       Field("attention_backend",
             "The attention kernel LibTorch tries first: auto (its own order), flash, efficient, "

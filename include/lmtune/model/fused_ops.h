@@ -1,6 +1,7 @@
-// Fused residual-add + norm and bias + GELU: one function each that runs a fused CUDA kernel when
-// asked and able, and a reference path in plain LibTorch ops otherwise (the CPU, unsupported
-// inputs). Both paths are differentiable and give the same dtypes.
+// Fused residual-add + norm, bias + GELU, and cross-entropy with its gradient: one function each
+// that runs a fused CUDA kernel when asked and able, and a reference path in plain LibTorch ops
+// otherwise (the CPU, unsupported inputs). Both paths give the same dtypes; the first two are
+// differentiable.
 #pragma once
 
 #include <torch/torch.h>
@@ -36,6 +37,23 @@ AddNormResult add_norm(const torch::Tensor& residual, const torch::Tensor& branc
 // autocast would. use_kernel as for add_norm.
 torch::Tensor bias_gelu(const torch::Tensor& x, const torch::Tensor& bias, bool tanh,
                         bool use_kernel);
+
+struct LossAndLogitGrad {
+  torch::Tensor loss;  // fp32 scalar
+  torch::Tensor grad;  // (n, Vp) in the logits' dtype
+};
+
+// The cross-entropy of each row of `logits` (n, Vp) over its first `vocab` columns (the others are
+// padding: left out of the softmax, gradient 0), summed over the rows whose target is not -100,
+// and its gradient with respect to the logits times `scale` (an fp32 0-dim tensor on the logits'
+// device; undefined: 1): softmax minus one-hot, 0 on ignored rows. Statistics in fp32, one
+// exponential per logit. Not differentiable: it is the loss's forward and backward at once, for a
+// caller that passes the gradient on (the chunked loss). Consumes `logits`: the gradient may be
+// written over them. The kernel (use_kernel, contiguous logits on a CUDA device) reads bf16/fp16
+// logits once for the statistics and once more to write the gradient in place; no fp32 copy.
+LossAndLogitGrad cross_entropy_with_grad(const torch::Tensor& logits, int64_t vocab,
+                                         const torch::Tensor& targets, const torch::Tensor& scale,
+                                         bool use_kernel);
 
 // Whether this build has the CUDA kernels (LMTUNE_WITH_CUDA).
 bool fused_kernels_compiled();

@@ -35,6 +35,7 @@ struct BenchOptions {
   int64_t vocab_padding = TrainConfig{}.vocab_padding;           // as train.vocab_padding
   bool fused_kernels = false;                                    // as train.fused_kernels
   bool fused_clipping = false;                                   // as train.fused_clipping
+  bool fused_loss = false;                                       // as train.fused_loss
   AttentionBackend attention_backend = AttentionBackend::kAuto;  // as train.attention_backend
   int64_t lora_r = 0;  // > 0: LoRA of this rank (alpha 2r) on every linear layer, base frozen
   Quantize quantize = Quantize::kNone;  // the frozen base's linear weights (with lora_r > 0)

@@ -16,9 +16,13 @@ namespace lmtune {
 // Sum of the cross-entropy over the batch's targets (ignoring -100), an fp32 scalar on `device`.
 // Runs the forward pass under autocast for `precision`. With loss_chunk_tokens > 0 the vocabulary
 // projection and the loss run in chunks of that many tokens (chunked_lm_loss_sum), so the full
-// logits never exist.
+// logits never exist. `fused_loss` (train.fused_loss; when gradients are wanted): the loss and the
+// logits' gradient at once by cross_entropy_with_grad's CUDA kernel, through chunked_lm_loss_sum
+// (one chunk of the whole batch unless loss_chunk_tokens says otherwise) on the model's padded
+// vocabulary.
 torch::Tensor summed_token_loss(const CausalLM& model, const Batch& batch, Precision precision,
-                                torch::Device device, int64_t loss_chunk_tokens = 0);
+                                torch::Device device, int64_t loss_chunk_tokens = 0,
+                                bool fused_loss = false);
 
 // The distillation terms of a student against a frozen teacher on a batch: (2) fp32 on `device`,
 // [cross-entropy sum, KL sum] over the batch's targets (ignoring -100), chunked_distill_terms'

@@ -28,6 +28,8 @@ struct StepSettings {
   // train.fused_clipping: clipping and fp16 unscaling applied by the fused AdamW kernel as it
   // reads the gradients (their norm is the only other pass over them).
   bool fused_clipping = false;
+  // train.fused_loss: the loss and the logits' gradient in one CUDA kernel (summed_token_loss).
+  bool fused_loss = false;
 };
 
 // Knowledge distillation: the step's loss becomes (1 - alpha) x CE + alpha x T^2 x KL against a
