@@ -54,6 +54,7 @@ def test_checkpointing_and_chunked_loss_give_the_plain_runs_weights(lmtune, tmp_
     assert evals and all(r["peak_memory_mb"] > 0 for r in evals)
 
 
+@pytest.mark.slow
 def test_the_fused_loss_on_a_padded_vocabulary_gives_the_plain_runs_weights(lmtune, tmp_path):
     # On the CPU train.fused_loss runs its kernel's reference maths: a check of the path that the
     # GPU kernel replaces (tests/cuda), and of the vocabulary padding it handles inside.
