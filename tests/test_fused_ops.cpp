@@ -283,6 +283,19 @@ TEST(FusedOps, CrossEntropyWithGradEqualsLibTorchsLossAndGradient) {
   }
 }
 
+TEST(FusedOps, CrossEntropyWithGradTakesMinusInfinityLogitsAsLibTorchDoes) {
+  CrossEntropyCase c = cross_entropy_case();
+  c.logits.index_put_({0, 0}, -INFINITY);
+  c.logits.index_put_({1, torch::indexing::Slice(0, 30)}, -INFINITY);
+  c.targets.index_put_({1}, 40);
+  const auto [loss, grad] = autograd_cross_entropy(c.logits, c.vocab, c.targets, 1.0);
+  ASSERT_TRUE(std::isfinite(loss));
+  const lmtune::LossAndLogitGrad fused =
+      lmtune::cross_entropy_with_grad(c.logits.clone(), c.vocab, c.targets, {}, false);
+  EXPECT_NEAR(fused.loss.item<double>(), loss, 1e-5 * std::abs(loss));
+  EXPECT_TRUE(fused_close(fused.grad.to(torch::kFloat64), grad, 1e-6));
+}
+
 TEST(FusedOps, CrossEntropyWithGradOfFp32LogitsWritesTheGradientOverThem) {
   const CrossEntropyCase c = cross_entropy_case();
   const torch::Tensor logits = c.logits.clone();
@@ -304,11 +317,16 @@ TEST(FusedOps, CrossEntropyWithGradOfBf16LogitsAnswersInBf16WithFp32Statistics) 
   EXPECT_TRUE(fused_close(fused.grad, grad.to(torch::kBFloat16), 1e-2));
 }
 
-TEST(FusedOps, CrossEntropyWithGradRefusesAVocabularyWiderThanTheLogits) {
+TEST(FusedOps, CrossEntropyWithGradRefusesAVocabularyOrTargetOutsideTheLogits) {
   const CrossEntropyCase c = cross_entropy_case();
   EXPECT_THROW(lmtune::cross_entropy_with_grad(c.logits.clone(), 65, c.targets, {}, false),
                c10::Error);
   EXPECT_THROW(lmtune::cross_entropy_with_grad(c.logits.clone(), 0, c.targets, {}, false),
+               c10::Error);
+  // A target in the padding: LibTorch's loss refuses it, and so does this.
+  torch::Tensor padding_target = c.targets.clone();
+  padding_target.index_put_({0}, 62);
+  EXPECT_THROW(lmtune::cross_entropy_with_grad(c.logits.clone(), 60, padding_target, {}, false),
                c10::Error);
 }
 

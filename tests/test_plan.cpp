@@ -1,5 +1,6 @@
 // The memory planner (lmtune/train/plan.h): parts counted on known shapes, a census on the meta
 // device that allocates nothing, levers that lower the prediction, train.micro_batch_size: auto.
+#include <algorithm>
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -202,6 +203,29 @@ TEST_F(Plan, CheckpointingAndTheChunkedLossLowerWhatTheyTarget) {
   chunked.train.chunked_loss = ChunkedLoss::kOn;
   chunked.train.loss_chunk_tokens = 16;
   EXPECT_LT(part(plan_memory(chunked, census, cpu()), "loss"), part(base, "loss"));
+}
+
+// train.fused_loss: the micro-batch's logits at once, their gradient written over them; in bf16 on
+// a GPU (the kernel), in place in fp32 on the CPU: below the plain loss's 12 bytes per logit.
+TEST_F(Plan, TheFusedLossHoldsEachLogitOnce) {
+  DeviceMemory gpu = cpu();
+  gpu.device = torch::Device(torch::kCUDA, 0);  // nothing is allocated: a census and arithmetic
+  for (const DeviceMemory& memory : {cpu(), gpu}) {
+    Config plain = gpt2();
+    plain.train.precision = memory.device.is_cuda() ? Precision::kBf16 : Precision::kFp32;
+    plain.train.chunked_loss = ChunkedLoss::kOff;
+    Config fused = plain;
+    fused.train.fused_loss = true;
+    const ModelCensus census = census_of(plain, memory);
+    const MemoryPlan without = plan_memory(plain, census, memory);
+    const MemoryPlan with = plan_memory(fused, census, memory);
+    SCOPED_TRACE(memory.device.str());
+    EXPECT_LT(part(with, "loss"), part(without, "loss") / 2);
+    const auto loss = std::find_if(with.parts.begin(), with.parts.end(),
+                                   [](const auto& p) { return p.key == "loss"; });
+    ASSERT_NE(loss, with.parts.end());
+    EXPECT_EQ(loss->label, "logits and loss (fused, the micro-batch at once)");
+  }
 }
 
 TEST_F(Plan, AutoPicksTheLargestMicroBatchThatFitsTheBudget) {

@@ -53,7 +53,11 @@ LossAndLogitGrad cross_entropy_with_grad_reference(const torch::Tensor& logits, 
   const int64_t padding = logits.size(1) - vocab;
   torch::Tensor p = logits.narrow(1, 0, vocab).to(torch::kFloat32);  // fp32 logits: a view
   const torch::Tensor counted = targets.ne(kIgnoreIndex);
-  const torch::Tensor column = targets.clamp_min(0).unsqueeze(1);  // (n, 1)
+  const torch::Tensor column = targets.to(torch::kLong).clamp_min(0).unsqueeze(1);  // (n, 1)
+  // As LibTorch's loss would (on the CPU only: a GPU would wait for the answer); gather alone would
+  // read a padding column.
+  TORCH_CHECK(logits.is_cuda() || (column < vocab).all().item<bool>(),
+              "cross_entropy_with_grad: a target is outside the vocabulary of ", vocab);
   const torch::Tensor target_logit = p.gather(1, column).squeeze(1);
   const torch::Tensor max = p.amax(1, /*keepdim=*/true);
   p.sub_(max).exp_();

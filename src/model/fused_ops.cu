@@ -297,8 +297,10 @@ struct SoftmaxStats {
 };
 
 // Both halves' logits as one. A NaN logit makes the sum NaN (so the loss and the gradient are NaN,
-// as LibTorch's); a half that has seen nothing ({-inf, 0}) changes nothing.
+// as LibTorch's); a half of -inf logits, or that has seen nothing, changes nothing (exp(-inf -
+// -inf) would be NaN).
 __device__ __forceinline__ SoftmaxStats merge(SoftmaxStats a, SoftmaxStats b) {
+  if (b.max == -INFINITY) return a;
   if (b.max > a.max) return {b.max, a.sum * expf(a.max - b.max) + b.sum};
   if (b.sum != 0.f) a.sum += b.sum * expf(b.max - a.max);
   return a;

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <fstream>
+#include <string>
 
 #include <ATen/Context.h>
 #include <ATen/DeviceAccelerator.h>
@@ -17,6 +18,13 @@ double peak_memory_mb(torch::Device device) {
     auto stats = at::accelerator::getDeviceStats(device.has_index() ? device.index() : 0);
     // allocated_bytes[0] aggregates every pool of the allocator.
     return static_cast<double>(stats.allocated_bytes[0].peak) / kMiB;
+  }
+  // VmHWM, this process image's own high-water mark. Not getrusage's ru_maxrss: Linux carries
+  // that across fork and exec, so lmtune started from a large process (a Python driver with torch
+  // loaded) would report its parent's resident set as its own peak.
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) * 1024.0 / kMiB;  // kB
   }
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);

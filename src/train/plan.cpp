@@ -361,8 +361,9 @@ struct LossBytes {
   double backward = 0;    // at the start of backward
 };
 
+// `chunk_logit_bytes`: what a chunk of the chunked loss holds per logit at once.
 LossBytes loss_bytes(const ModelCensus& census, const ElementBytes& e, Precision precision,
-                     int64_t tokens, int64_t chunk_tokens) {
+                     int64_t tokens, int64_t chunk_tokens, double chunk_logit_bytes) {
   const double N = static_cast<double>(tokens), V = static_cast<double>(census.vocab_size);
   const double C = static_cast<double>(census.hidden_size);
   const double head_gradient = census.output_trainable ? 4.0 * V * C : 0.0;
@@ -391,12 +392,22 @@ LossBytes loss_bytes(const ModelCensus& census, const ElementBytes& e, Precision
   }
   // Chunked (lmtune/model/chunked_loss.h): the gradients for the hidden states (fp32) and the
   // output weight are computed in forward and held until backward, which scales a copy of them;
-  // a chunk's logits, log-softmax and their gradients (12 bytes per logit) exist one at a time.
+  // a chunk's logits and their gradient exist one chunk at a time.
   const double held = 4.0 * C * N + head_gradient;
-  const double chunk = 12.0 * V * static_cast<double>(std::min(chunk_tokens, tokens));
+  const double chunk = chunk_logit_bytes * V * static_cast<double>(std::min(chunk_tokens, tokens));
   loss.forward = held + chunk;
   loss.backward = 2.0 * held;
   return loss;
+}
+
+std::string loss_label(const Config& config, const MemoryPlan& plan) {
+  const std::string fused = config.train.fused_loss ? "fused, " : "";
+  if (plan.loss_chunk_tokens > 0) {
+    return fmt::format("logits and loss ({}chunked, {} tokens a chunk)", fused,
+                       plan.loss_chunk_tokens);
+  }
+  return config.train.fused_loss ? "logits and loss (fused, the micro-batch at once)"
+                                 : "logits and loss (plain)";
 }
 
 struct Moment {
@@ -495,10 +506,21 @@ StepBytes step_bytes(const Config& config, const ModelCensus& census, const Devi
     step.copies = (e.low == 2 ? 2.0 : 4.0) * dense;
     if (e.low != 2) step.cast_cache = 2.0 * dense;
   }
+  // The chunked loss's gradient is computed over each chunk's fp32 logits in place: 4 bytes per
+  // logit, 8 under autocast (the logits and their fp32 copy), 12 for padding's copies and the
+  // cast back. train.fused_loss takes that path with one chunk of the whole micro-batch unless
+  // chunking says otherwise; its kernel (a GPU, 16-bit logits) writes the gradient over the
+  // logits themselves.
+  double chunk_logit_bytes = train.precision == Precision::kFp32 ? 4.0 : 12.0;
+  if (train.fused_loss && census.teacher_parameters == 0) {
+    if (loss_chunk_tokens == 0) loss_chunk_tokens = tokens;
+    if (memory.device.is_cuda()) chunk_logit_bytes = e.low;
+  }
   step.loss =
       loss_bytes(census, e, train.precision, tokens,
                  census.teacher_parameters > 0 && loss_chunk_tokens == 0 ? train.loss_chunk_tokens
-                                                                         : loss_chunk_tokens);
+                                                                         : loss_chunk_tokens,
+                 chunk_logit_bytes);
   step.teacher_hidden = e.low * static_cast<double>(census.teacher_hidden_size) * N;
   step.gradients = 4.0 * static_cast<double>(census.trainable);
   // The tied embedding's gradient arrives twice, from the output head and the embedding, and the
@@ -578,9 +600,7 @@ std::vector<std::string> part_labels(const Config& config, const ModelCensus& ce
                   enum_name(config.train.precision),
                   every > 0 ? fmt::format(", checkpointing every {}", every) : std::string()),
       "autocast weight copies",
-      plan.loss_chunk_tokens > 0
-          ? fmt::format("logits and loss (chunked, {} tokens a chunk)", plan.loss_chunk_tokens)
-          : std::string("logits and loss (plain)"),
+      loss_label(config, plan),
       "backward transients (the tied embedding's gradient)",
       fmt::format("allocator slack (host cache, up to {:.0f}%)", 100 * memory.allocator_slack),
       "weight files mapped while loading (and a tensor read)",

@@ -694,6 +694,27 @@ TEST_F(CudaTest, CrossEntropyKernelMatchesTheReferenceInFp32Bf16AndFp16) {
   }
 }
 
+// -inf logits (a masked or fp16-overflowed column) leave the rest of the row finite, as LibTorch's
+// loss does; a thread whose first logit is -inf must not poison its running sum.
+TEST_F(CudaTest, CrossEntropyKernelTakesMinusInfinityLogits) {
+  const auto on_gpu = torch::TensorOptions().device(kCuda);
+  torch::Tensor logits = torch::randn({3, 2000}, on_gpu);
+  logits.index_put_({0, 0}, -INFINITY);                                // thread 0's first
+  logits.index_put_({1, torch::indexing::Slice(0, 1024)}, -INFINITY);  // every thread's first
+  const torch::Tensor targets = torch::tensor({5, 1500, 7}, torch::kLong).to(kCuda);
+  for (torch::Dtype dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const lmtune::LossAndLogitGrad kernel =
+        lmtune::cross_entropy_with_grad(logits.to(dtype), 2000, targets, {}, true);
+    const lmtune::LossAndLogitGrad reference =
+        lmtune::cross_entropy_with_grad(logits.to(dtype), 2000, targets, {}, false);
+    EXPECT_TRUE(std::isfinite(kernel.loss.item<double>())) << dtype;
+    EXPECT_NEAR(kernel.loss.item<double>(), reference.loss.item<double>(),
+                1e-5 * std::abs(reference.loss.item<double>()))
+        << dtype;
+    EXPECT_TRUE(torch::isfinite(kernel.grad).all().item<bool>()) << dtype;
+  }
+}
+
 TEST_F(CudaTest, CrossEntropyKernelWritesTheGradientOverTheLogits) {
   const torch::Tensor logits =
       torch::randn({4, 640}, torch::TensorOptions().device(kCuda)).to(torch::kBFloat16);

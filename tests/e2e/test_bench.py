@@ -24,6 +24,28 @@ def test_prints_one_json_line_with_every_field(lmtune, precision):
     assert out["mfu"] == pytest.approx(out["achieved_tflops"] / out["peak_tflops"], rel=1e-9)
 
 
+def resident_mb():
+    """This process's resident set, from /proc/self/status."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_peak_memory_is_lmtunes_own_when_a_large_process_starts_it(lmtune):
+    # Linux carries getrusage's peak across fork and exec: lmtune started from a process holding
+    # 1.5 GiB (a Python driver with torch loaded, say) must not report that as its own peak.
+    ballast = b"\x01" * (1536 << 20)
+    assert resident_mb() > 1536
+    result = lmtune("bench", *TINY, "--precision", "fp32")
+    del ballast
+    assert result.returncode == 0, result.stderr
+    peak = json.loads(result.stdout)["peak_memory_mb"]
+    alone = json.loads(lmtune("bench", *TINY, "--precision", "fp32").stdout)["peak_memory_mb"]
+    assert 0 < peak < 1024, peak
+    assert peak == pytest.approx(alone, rel=0.25), (peak, alone)
+
+
 def test_host_cache_serves_the_steps_and_changes_no_result(lmtune):
     # GPT-2's vocabulary makes the embedding and logits large enough (6 MiB) for the cache.
     args = with_flag("--vocab", 50257)

@@ -1,5 +1,5 @@
 // Peak memory of the process, measured: the CUDA caching allocator's peak on a GPU, the peak
-// resident set size (getrusage) on the CPU.
+// resident set size (VmHWM) on the CPU.
 #pragma once
 
 #include <torch/torch.h>
@@ -12,8 +12,8 @@ double peak_memory_mb(torch::Device device);
 
 // Starts measuring a new phase, such as training steps after a setup whose transients (a base
 // read in fp32 before it is quantized) are gone: resets the GPU allocator's peak, or on the CPU
-// the resident set's high-water mark (Linux's clear_refs), which getrusage reports for a live
-// process. peak_memory_mb then gives the peak since this call.
+// the resident set's high-water mark (Linux's clear_refs). peak_memory_mb then gives the peak since
+// this call.
 void reset_peak_memory(torch::Device device);
 
 }  // namespace lmtune
