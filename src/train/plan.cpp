@@ -511,23 +511,25 @@ StepBytes step_bytes(const Config& config, const ModelCensus& census, const Devi
   // cast back. train.fused_loss takes that path with one chunk of the whole micro-batch unless
   // chunking says otherwise; its kernel (a GPU, 16-bit logits) writes the gradient over the
   // logits themselves.
+  // Distillation always chunks, at train.loss_chunk_tokens when the rule did not.
+  int64_t chunk_tokens = loss_chunk_tokens;
   double chunk_logit_bytes = train.precision == Precision::kFp32 ? 4.0 : 12.0;
-  if (train.fused_loss && census.teacher_parameters == 0) {
-    if (loss_chunk_tokens == 0) loss_chunk_tokens = tokens;
+  if (census.teacher_parameters > 0) {
+    if (chunk_tokens == 0) chunk_tokens = train.loss_chunk_tokens;
+  } else if (train.fused_loss) {
+    if (chunk_tokens == 0) chunk_tokens = tokens;
     if (memory.device.is_cuda()) chunk_logit_bytes = e.low;
   }
-  step.loss =
-      loss_bytes(census, e, train.precision, tokens,
-                 census.teacher_parameters > 0 && loss_chunk_tokens == 0 ? train.loss_chunk_tokens
-                                                                         : loss_chunk_tokens,
-                 chunk_logit_bytes);
+  step.loss = loss_bytes(census, e, train.precision, tokens, chunk_tokens, chunk_logit_bytes);
   step.teacher_hidden = e.low * static_cast<double>(census.teacher_hidden_size) * N;
   step.gradients = 4.0 * static_cast<double>(census.trainable);
   // The tied embedding's gradient arrives twice, from the output head and the embedding, and the
-  // two are summed into a third tensor (the chunked loss hands over the first in place).
+  // two are summed into a third tensor (the chunked loss hands over the first in place; counted
+  // as summed under distillation unless the rule itself chunks).
+  const bool handed_over = census.teacher_parameters > 0 ? loss_chunk_tokens > 0 : chunk_tokens > 0;
   if (census.embedding_trainable && census.tied_embeddings)
     step.embedding_sum =
-        (loss_chunk_tokens == 0 ? 2.0 : 1.0) * 4.0 * static_cast<double>(census.output_weights);
+        (handed_over ? 1.0 : 2.0) * 4.0 * static_cast<double>(census.output_weights);
   return step;
 }
 

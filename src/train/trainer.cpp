@@ -456,14 +456,18 @@ void Trainer::setup_memory_levers() {
           "vocabulary (a multiple of {})",
           rows, V, multiple));
   }
-  // The speed levers of issue 19's kind: opt-in until measured on a GPU.
+  // The speed levers of issue 19's kind: opt-in until measured on a GPU. A CUDA kernel's lever
+  // on the CPU runs its reference path.
+  auto kernel_lever = [&](const char* key, const char* on_gpu) {
+    progress_->message(
+        device_.is_cuda()
+            ? fmt::format("{}: {}", key, on_gpu)
+            : fmt::format("{}: on; the CPU runs the same maths as plain operations", key));
+  };
   model_->set_fused_kernels(train.fused_kernels);
   if (train.fused_kernels)
-    progress_->message(device_.is_cuda()
-                           ? "train.fused_kernels: residual add + norm and bias + GELU run as "
-                             "fused CUDA kernels"
-                           : "train.fused_kernels: on; the CPU runs the same maths as plain "
-                             "operations");
+    kernel_lever("train.fused_kernels",
+                 "residual add + norm and bias + GELU run as fused CUDA kernels");
   use_attention_backend(train.attention_backend);
   if (train.attention_backend == AttentionBackend::kMath)
     progress_->message("train.attention_backend: math: LibTorch's unfused attention only");
@@ -473,10 +477,7 @@ void Trainer::setup_memory_levers() {
   if (train.fused_clipping)
     progress_->message("train.fused_clipping: clipping inside the fused AdamW kernel");
   if (train.fused_loss)
-    progress_->message(device_.is_cuda()
-                           ? "train.fused_loss: the loss and its gradient in one CUDA kernel"
-                           : "train.fused_loss: on; the CPU runs the same maths as plain "
-                             "operations");
+    kernel_lever("train.fused_loss", "the loss and its gradient in one CUDA kernel");
   if (train.precision == Precision::kFp16)
     scaler_ = std::make_unique<LossScaler>(train.loss_scale_init, train.loss_scale_growth_interval,
                                            train.loss_scale_backoff, device_);
