@@ -164,8 +164,10 @@ def test_final_weights_agree_across_shapes(runs):
                 assert (got[keys] - want[keys]).abs().max() <= STEPS * LR, (shape, name)
                 got[keys] = want[keys] = 0
             # Every other weight moved about lr per step (4e-3 in all) and the runs' gradients
-            # agree to ~1e-6 relative: 1e-7 is 2.5e-5 of the movement (seen: 5e-8 at most).
+            # agree to ~1e-6 relative: 1e-6 is 2.5e-4 of the movement (seen at most: 5e-8 on an
+            # AVX2 CPU, 1.3e-7 on an AVX-512 one, whose kernels sum in other orders), while a
+            # mis-weighted micro-batch changes the gradient by a third (the test above).
             difference = (got - want).abs().max().item()
-            assert difference <= 1e-7, (shape, name, difference)
+            assert difference <= 1e-6, (shape, name, difference)
     moved = (reference["transformer.h.0.mlp.c_fc.weight"] - initial["transformer.h.0.mlp.c_fc.weight"])
     assert moved.abs().max() > 0.5 * LR  # the runs really trained
