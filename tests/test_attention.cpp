@@ -110,3 +110,28 @@ TEST(AttentionBackend, MathReplacesTheFlashKernelWithTheSameValues) {
 }
 
 }  // namespace
+
+// On the CPU, grouped-query heads go to LibTorch's attention as they are (enable_gqa) instead of
+// repeated: the same outputs and the same gradients for q, k and v as attention over heads
+// repeated by hand, whose gradients autograd sums back over each group.
+TEST(CausalAttention, GroupedHeadsGiveWhatRepeatedHeadsGiveWithGradients) {
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(7);
+  const int64_t B = 2, H = 6, H_kv = 2, T = 24, D = 16;
+  auto q = torch::randn({B, H, T, D}, generator).requires_grad_();
+  auto k = torch::randn({B, H_kv, T, D}, generator).requires_grad_();
+  auto v = torch::randn({B, H_kv, T, D}, generator).requires_grad_();
+  auto grad_y = torch::randn({B, H, T, D}, generator);
+  auto grads = [&](const torch::Tensor& y) {
+    return torch::autograd::grad({y}, {q, k, v}, {grad_y});
+  };
+  auto grouped = lmtune::causal_attention(q, k, v, lmtune::LayerCache{}, 0.0);
+  auto repeated =
+      lmtune::causal_attention(q, k.repeat_interleave(H / H_kv, /*dim=*/1),
+                               v.repeat_interleave(H / H_kv, /*dim=*/1), lmtune::LayerCache{}, 0.0);
+  EXPECT_TRUE(torch::allclose(grouped, repeated, /*rtol=*/1e-5, /*atol=*/1e-6));
+  auto ours = grads(grouped), theirs = grads(repeated);
+  const char* names[] = {"q", "k", "v"};
+  for (int i = 0; i < 3; ++i)
+    EXPECT_TRUE(torch::allclose(ours[i], theirs[i], /*rtol=*/1e-4, /*atol=*/1e-5))
+        << names[i] << ": max difference " << (ours[i] - theirs[i]).abs().max().item<double>();
+}

@@ -59,6 +59,11 @@ torch::Tensor causal_attention(const torch::Tensor& q, torch::Tensor k, torch::T
   TORCH_CHECK(q.size(1) % k.size(1) == 0, "query heads (", q.size(1),
               ") are not a multiple of key/value heads (", k.size(1), ")");
   const int64_t groups = q.size(1) / k.size(1);
+  // LibTorch's CPU attention reads each key/value head for its group of query heads itself
+  // (saving the copies and, in backward, their sums); on CUDA its memory-efficient kernel does
+  // not take groups and would give way to the slow math path, so there the heads are repeated.
+  if (groups > 1 && q.device().is_cpu())
+    return autocast_attention(q, k, v, mask, dropout, causal, /*grouped=*/true);  // (B, H, T, D)
   return autocast_attention(q, repeat_heads(k, groups), repeat_heads(v, groups), mask, dropout,
                             causal);  // (B, H, T, D)
 }

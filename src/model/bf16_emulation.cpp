@@ -76,12 +76,13 @@ torch::Tensor autocast_linear(const torch::Tensor& x, const torch::Tensor& weigh
 
 torch::Tensor autocast_attention(const torch::Tensor& q, const torch::Tensor& k,
                                  const torch::Tensor& v, const std::optional<torch::Tensor>& mask,
-                                 double dropout, bool causal) {
-  if (!emulates_bf16(q)) return at::scaled_dot_product_attention(q, k, v, mask, dropout, causal);
+                                 double dropout, bool causal, bool grouped) {
+  if (!emulates_bf16(q))
+    return at::scaled_dot_product_attention(q, k, v, mask, dropout, causal, std::nullopt, grouped);
   auto y = [&] {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
     return at::scaled_dot_product_attention(bf16_values(q), bf16_values(k), bf16_values(v), mask,
-                                            dropout, causal);
+                                            dropout, causal, std::nullopt, grouped);
   }();
   return y.to(torch::kBFloat16);
 }

@@ -41,10 +41,13 @@ torch::Tensor inverse_frequencies(const LlamaConfig& c) {
   return inv_freq;
 }
 
-// (..., D) -> (..., D): the second half negated, then the first: HF's rotate_half.
-torch::Tensor rotate_half(const torch::Tensor& x) {
-  auto halves = x.chunk(2, /*dim=*/-1);
-  return torch::cat({-halves[1], halves[0]}, /*dim=*/-1);
+// x rotated by the position's angles, x (B, H, T, D): HF's x * cos + rotate_half(x) * sin, where
+// rotate_half(x) = (-x2, x1) for the halves x1, x2. With the sine's first half negated
+// (rotation()), rotate_half(x) * sin is the halves swapped times that sine: one copy instead of
+// a negation and a copy, and the same values to the bit.
+torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos,
+                     const torch::Tensor& signed_sin) {
+  return x * cos + x.roll(x.size(-1) / 2, /*dims=*/-1) * signed_sin;
 }
 
 }  // namespace
@@ -108,8 +111,8 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   }
   q = q.transpose(1, 2);  // (B, H, T, D)
   k = k.transpose(1, 2);  // (B, K, T, D)
-  q = q * cos + rotate_half(q) * sin;
-  k = k * cos + rotate_half(k) * sin;
+  q = rotate(q, cos, sin);
+  k = rotate(k, cos, sin);
   auto y = causal_attention(q, k, v, cache, is_training() ? dropout_ : 0.0);  // (B, H, T, D)
   return o_proj(y.transpose(1, 2).reshape({B, T, n_head_ * D}));
 }
@@ -203,7 +206,7 @@ std::pair<torch::Tensor, torch::Tensor> LlamaImpl::rotation(const TokenPositions
     auto freqs = torch::outer(steps, inv_freq_);           // (length, D / 2)
     auto angles = torch::cat({freqs, freqs}, /*dim=*/-1);  // (length, D)
     cos = angles.cos().to(device);
-    sin = angles.sin().to(device);
+    sin = torch::cat({-freqs.sin(), freqs.sin()}, /*dim=*/-1).to(device);  // signed: see rotate()
   }
   if (!positions.rows.defined()) return {cos.narrow(0, past, T), sin.narrow(0, past, T)};  // (T, D)
   const auto& rows = positions.rows;                                                       // (B, T)

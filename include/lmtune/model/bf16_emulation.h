@@ -31,9 +31,10 @@ torch::Tensor autocast_linear(const torch::Tensor& x, const torch::Tensor& weigh
                               const torch::Tensor& bias = {});
 
 // at::scaled_dot_product_attention as autocast would run it: q (B, H, T, D), k and v
-// (B, H, S, D) -> (B, H, T, D).
+// (B, H, S, D) -> (B, H, T, D); with `grouped`, k and v (B, H_kv, S, D), each head serving
+// H / H_kv query heads (its enable_gqa).
 torch::Tensor autocast_attention(const torch::Tensor& q, const torch::Tensor& k,
                                  const torch::Tensor& v, const std::optional<torch::Tensor>& mask,
-                                 double dropout, bool causal);
+                                 double dropout, bool causal, bool grouped = false);
 
 }  // namespace lmtune

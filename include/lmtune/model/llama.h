@@ -79,7 +79,8 @@ TORCH_MODULE(RMSNorm);
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
   explicit LlamaAttentionImpl(const LlamaConfig& config);
-  // x (B, T, C), cos and sin (T, D) or (B, 1, T, D) of the rotation -> (B, T, C).
+  // x (B, T, C), cos and signed sin (T, D) or (B, 1, T, D) of the rotation (see rotation())
+  // -> (B, T, C).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         LayerCache cache);
 
@@ -157,15 +158,16 @@ class LlamaImpl : public CausalLMImpl {
   torch::Tensor final_norm(const torch::Tensor& x) override { return norm(x); }
 
  private:
-  // cos and sin of the rotation at `positions` of T tokens, in fp32 on `device`: (T, D) for
-  // positions past .. past + T - 1, (B, 1, T, D) for per-row positions.
+  // cos and signed sin of the rotation at `positions` of T tokens, in fp32 on `device`: (T, D)
+  // for positions past .. past + T - 1, (B, 1, T, D) for per-row positions. The sine's first
+  // half is negated, so that HF's x * cos + rotate_half(x) * sin is x * cos + roll(x) * sin.
   std::pair<torch::Tensor, torch::Tensor> rotation(const TokenPositions& positions, int64_t T,
                                                    torch::Device device);
 
   LlamaConfig config_;
   ModelSpec spec_;
   torch::Tensor inv_freq_;  // (D / 2), fp32 on the CPU
-  // cos and sin (P, D) for the first P positions, on the device the model last ran on.
+  // cos and signed sin (P, D) for the first P positions, on the device the model last ran on.
   std::pair<torch::Tensor, torch::Tensor> rotation_tables_;
 };
 TORCH_MODULE(Llama);
