@@ -283,6 +283,22 @@ TEST(FusedOps, CrossEntropyWithGradEqualsLibTorchsLossAndGradient) {
   }
 }
 
+// On the CPU the rows go through in blocks of about 2 MB of logits: a vocabulary of 100,000 makes
+// blocks of 5 rows, so 13 rows are two whole blocks and a short one, with an ignored row in each.
+TEST(FusedOps, CrossEntropyWithGradOverSeveralRowBlocksEqualsLibTorchs) {
+  torch::manual_seed(22);
+  const int64_t rows = 13, vocab = 100'000, padded = vocab + 64;
+  const torch::Tensor logits = torch::randn({rows, padded}) * 4;
+  torch::Tensor targets = torch::randint(vocab, {rows}, torch::kLong);
+  for (int64_t ignored : {1, 6, 12}) targets.index_put_({ignored}, -100);
+  const auto [loss, grad] = autograd_cross_entropy(logits, vocab, targets, 8.0);
+  const lmtune::LossAndLogitGrad ours = lmtune::cross_entropy_with_grad(
+      logits.clone(), vocab, targets, torch::full({}, 8.0, torch::kFloat32), false);
+  EXPECT_NEAR(ours.loss.item<double>(), loss, 1e-5 * std::abs(loss));
+  EXPECT_TRUE(fused_close(ours.grad.to(torch::kFloat64), grad, 1e-6));
+  EXPECT_EQ(ours.grad[12].abs().max().item<float>(), 0.f);  // the short last block's ignored row
+}
+
 TEST(FusedOps, CrossEntropyWithGradTakesMinusInfinityLogitsAsLibTorchDoes) {
   CrossEntropyCase c = cross_entropy_case();
   c.logits.index_put_({0, 0}, -INFINITY);

@@ -1,5 +1,8 @@
 #include "lmtune/model/fused_ops.h"
 
+#include <algorithm>
+#include <vector>
+
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
@@ -43,14 +46,19 @@ AddNormResult add_norm_reference(const torch::Tensor& residual, const torch::Ten
   return {sum, normed.to(normed_dtype)};
 }
 
-// In LibTorch ops over the whole (n, V) block, in place where the logits are fp32 already: five
-// passes over it (max, exp, sum, scale, and the one-hot subtraction's scatter).
+// Rows of fp32 logits per block on the CPU: about 2 MB, which the caches of the machines lmtune
+// runs on hold (L2, else L3), so that the passes over a block reread it from there.
+constexpr int64_t kCacheBlockFloats = int64_t{1} << 19;
+
+// In LibTorch ops, in place where the logits are fp32 already: per block of rows, four passes
+// over it (max, exp, sum, scale), then the one-hot subtraction's scatter, one value a row. On a
+// GPU one block takes every row: each op there is a kernel launch, and its caches are small.
 LossAndLogitGrad cross_entropy_with_grad_reference(const torch::Tensor& logits, int64_t vocab,
                                                    const torch::Tensor& targets,
                                                    const torch::Tensor& scale) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   torch::NoGradGuard no_grad;
-  const int64_t padding = logits.size(1) - vocab;
+  const int64_t n = logits.size(0), padding = logits.size(1) - vocab;
   torch::Tensor p = logits.narrow(1, 0, vocab).to(torch::kFloat32);  // fp32 logits: a view
   const torch::Tensor counted = targets.ne(kIgnoreIndex);
   const torch::Tensor column = targets.to(torch::kLong).clamp_min(0).unsqueeze(1);  // (n, 1)
@@ -59,14 +67,23 @@ LossAndLogitGrad cross_entropy_with_grad_reference(const torch::Tensor& logits, 
   TORCH_CHECK(logits.is_cuda() || (column < vocab).all().item<bool>(),
               "cross_entropy_with_grad: a target is outside the vocabulary of ", vocab);
   const torch::Tensor target_logit = p.gather(1, column).squeeze(1);
-  const torch::Tensor max = p.amax(1, /*keepdim=*/true);
-  p.sub_(max).exp_();
-  const torch::Tensor sum = p.sum(1, /*keepdim=*/true);
-  const torch::Tensor row_loss = sum.log().add_(max).squeeze(1).sub_(target_logit);
-  const torch::Tensor loss = row_loss.masked_fill(counted.logical_not(), 0).sum();
   torch::Tensor weight = counted.to(torch::kFloat32).unsqueeze(1);  // (n, 1): 1, or 0 if ignored
   if (scale.defined()) weight = weight * scale.to(torch::kFloat32);
-  p.mul_(weight / sum);
+  const int64_t block =
+      logits.is_cuda() ? std::max<int64_t>(n, 1) : std::max<int64_t>(1, kCacheBlockFloats / vocab);
+  std::vector<torch::Tensor> log_sums;  // per block (rows, 1): log of the sum of exp(logit)
+  for (int64_t start = 0; start < n; start += block) {
+    const int64_t rows = std::min(block, n - start);
+    torch::Tensor q = p.narrow(0, start, rows);
+    const torch::Tensor max = q.amax(1, /*keepdim=*/true);
+    q.sub_(max).exp_();
+    const torch::Tensor sum = q.sum(1, /*keepdim=*/true);
+    q.mul_(weight.narrow(0, start, rows) / sum);
+    log_sums.push_back(sum.log().add_(max));
+  }
+  const torch::Tensor row_loss =
+      n > 0 ? torch::cat(log_sums).squeeze(1).sub_(target_logit) : target_logit;
+  const torch::Tensor loss = row_loss.masked_fill(counted.logical_not(), 0).sum();
   p.scatter_add_(1, column, weight.neg());
   if (padding > 0) p = torch::constant_pad_nd(p, {0, padding});
   return {loss, p.to(logits.scalar_type())};
