@@ -109,8 +109,6 @@ TEST(AttentionBackend, MathReplacesTheFlashKernelWithTheSameValues) {
   EXPECT_TRUE(torch::equal(restored, fused));
 }
 
-}  // namespace
-
 // On the CPU, grouped-query heads go to LibTorch's attention as they are (enable_gqa) instead of
 // repeated: the same outputs and the same gradients for q, k and v as attention over heads
 // repeated by hand, whose gradients autograd sums back over each group.
@@ -135,3 +133,5 @@ TEST(CausalAttention, GroupedHeadsGiveWhatRepeatedHeadsGiveWithGradients) {
     EXPECT_TRUE(torch::allclose(ours[i], theirs[i], /*rtol=*/1e-4, /*atol=*/1e-5))
         << names[i] << ": max difference " << (ours[i] - theirs[i]).abs().max().item<double>();
 }
+
+}  // namespace
